@@ -1,0 +1,23 @@
+# The single-node Consul server of a shopmesh checkout. Ports and the data folder come from the command line
+# (shopmesh/stack.py), so that they follow the SHOPMESH_* settings.
+node_name        = "shopmesh"
+datacenter       = "dc1"
+server           = true
+bootstrap_expect = 1
+bind_addr        = "127.0.0.1"
+advertise_addr   = "127.0.0.1"
+client_addr      = "127.0.0.1"
+log_level        = "INFO"
+
+ui_config {
+  enabled = true
+}
+
+ports {
+  # Only the HTTP API/UI, DNS and the server's own RPC and LAN gossip are needed on one machine.
+  serf_wan = -1
+  grpc     = -1
+  grpc_tls = -1
+}
+
+disable_update_check = true

@@ -1,0 +1,1 @@
+"""shopmesh: a commerce back office as a gRPC service mesh."""

@@ -1,0 +1,132 @@
+"""`shopmesh`: install, start, watch and stop the mesh of this checkout."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from typing import Annotated
+
+import typer
+
+from shopmesh import install, stack
+from shopmesh.settings import Settings, load
+from shopmesh.supervise import Supervisor
+
+app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+
+
+def say(message: str) -> None:
+    typer.echo(f"[shopmesh] {message}", err=True)
+
+
+def fail(error: Exception) -> None:
+    typer.secho(f"[shopmesh] error: {error}", err=True, fg=typer.colors.RED)
+    raise typer.Exit(1)
+
+
+def _install(settings: Settings) -> install.Installed:
+    try:
+        return install.ensure_all(settings)
+    except install.InstallError as error:
+        fail(error)
+        raise  # unreachable: fail exits
+
+
+def _up(settings: Settings) -> list[stack.Program]:
+    installed = _install(settings)
+    started = time.monotonic()
+    try:
+        programs = stack.up(settings, installed, report=say)
+    except stack.StackError as error:
+        fail(error)
+        raise
+    say(f"all {len(programs)} parts healthy in {time.monotonic() - started:.0f} s")
+    for program in programs:
+        typer.echo(f"  {program.name:<10} {program.url}")
+    typer.echo(f"  logs       {settings.log_dir}/<part>.log   (shopmesh logs PART)")
+    typer.echo(f"Try: curl -s {settings.consul_url}/v1/catalog/services")
+    return programs
+
+
+@app.command("install")
+def install_command() -> None:
+    """Install every component that is missing from the per-user cache."""
+    settings = load()
+    installed = _install(settings)
+    for name, path in vars(installed).items():
+        typer.echo(f"{name:<10} {path}")
+
+
+@app.command()
+def up() -> None:
+    """Start the whole mesh in the background and return once every part is healthy."""
+    _up(load())
+
+
+@app.command()
+def run() -> None:
+    """Start the whole mesh and stay in the foreground; Ctrl-C stops every part."""
+    settings = load()
+    # SIGTERM (from a process manager or `kill`) stops the mesh as Ctrl-C does.
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    supervisor = Supervisor(settings)
+    try:
+        _up(settings)
+        say("running; press Ctrl-C to stop everything")
+        while supervisor.running():
+            time.sleep(1)
+        say("the process manager stopped")
+    except KeyboardInterrupt:
+        say("stopping …")
+    finally:
+        stack.down(settings)
+        say("stopped")
+
+
+@app.command()
+def down() -> None:
+    """Stop every part of this checkout's mesh; nothing is left running."""
+    settings = load()
+    say("stopping …" if Supervisor(settings).running() else "nothing is running")
+    stack.down(settings)
+
+
+@app.command()
+def status() -> None:
+    """Show each part: its process state, its health and its address. Exits 1 unless all are healthy."""
+    settings = load()
+    supervisor = Supervisor(settings)
+    processes = supervisor.info()
+    if not processes:
+        typer.echo("shopmesh is not running (start it with `make up` or `make run`)")
+        raise typer.Exit(1)
+    all_healthy = True
+    for program in stack.programs(settings, install.locations(settings)):
+        process = processes.get(program.name, {})
+        problem = program.probe(settings) if process.get("statename") == "RUNNING" else "not running"
+        all_healthy &= problem is None
+        verdict = "healthy" if problem is None else f"UNHEALTHY: {problem}"
+        typer.echo(f"{program.name:<10} {process.get('statename', 'UNKNOWN'):<9} pid {process.get('pid') or '-':<8}"
+                   f" {verdict:<12} {program.url}")
+    raise typer.Exit(0 if all_healthy else 1)
+
+
+@app.command()
+def logs(
+    part: Annotated[str | None, typer.Argument(help="consul, kafka, keycloak, envoy; all when left out")] = None,
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new lines.")] = False,
+    lines: Annotated[int, typer.Option("--lines", "-n", help="How many last lines.")] = 40,
+) -> None:
+    """Print the last lines of a part's log (all parts' logs when no part is named)."""
+    settings = load()
+    files = sorted(settings.log_dir.glob(f"{part or '*'}.log"))
+    if not files:
+        fail(FileNotFoundError(f"no log for {part or 'any part'} under {settings.log_dir}"))
+    argv = ["tail", f"-n{lines}", *(["-F"] if follow else []), *map(str, files)]
+    sys.exit(subprocess.call(argv))
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,62 @@
+"""Readiness probes of the components: each answers None when healthy, or a short reason when not."""
+
+from __future__ import annotations
+
+import logging
+
+import httpx
+from kafka import KafkaAdminClient
+from kafka.errors import KafkaError
+
+from shopmesh.settings import Settings
+
+_TIMEOUT = httpx.Timeout(2.0)
+
+
+def consul_leader(settings: Settings) -> str | None:
+    """Healthy once the single server has elected itself leader."""
+    try:
+        answer = httpx.get(f"{settings.consul_url}/v1/status/leader", timeout=_TIMEOUT)
+    except httpx.HTTPError as error:
+        return f"Consul HTTP API not answering: {error}"
+    leader = answer.json() if answer.status_code == 200 else ""
+    return None if leader else f"no leader elected yet (HTTP {answer.status_code})"
+
+
+def kafka_metadata(settings: Settings) -> str | None:
+    """Healthy once the broker answers a metadata request."""
+    logging.getLogger("kafka").setLevel(logging.CRITICAL)
+    try:
+        admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap, request_timeout_ms=3000)
+    except KafkaError as error:
+        return f"broker not answering: {error}"
+    try:
+        admin.list_topics()
+        return None
+    except KafkaError as error:
+        return f"broker not answering metadata: {error}"
+    finally:
+        admin.close()
+
+
+def keycloak_realm(settings: Settings) -> str | None:
+    """Healthy once the shopmesh realm's discovery document is served with the contract's issuer."""
+    url = f"{settings.keycloak_url}/realms/shopmesh/.well-known/openid-configuration"
+    try:
+        answer = httpx.get(url, timeout=_TIMEOUT)
+    except httpx.HTTPError as error:
+        return f"Keycloak not answering: {error}"
+    if answer.status_code != 200:
+        return f"realm discovery answered HTTP {answer.status_code}"
+    issuer = answer.json().get("issuer")
+    return None if issuer == settings.keycloak_issuer else f"unexpected issuer {issuer!r}"
+
+
+def envoy_ready(settings: Settings) -> str | None:
+    """Healthy once Envoy's admin /ready says LIVE."""
+    try:
+        answer = httpx.get(f"{settings.envoy_admin_url}/ready", timeout=_TIMEOUT)
+    except httpx.HTTPError as error:
+        return f"Envoy admin not answering: {error}"
+    state = answer.text.strip()
+    return None if answer.status_code == 200 and state == "LIVE" else f"Envoy is {state or answer.status_code}"

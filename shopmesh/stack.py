@@ -1,0 +1,296 @@
+"""The mesh as a set of programs: how each starts, what it depends on, how its health is known, and how the
+whole set is brought up in dependency order and taken down again."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import string
+import subprocess
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import consul
+import psutil
+
+from shopmesh import health
+from shopmesh.install import Installed, java_for, java_home_for_keycloak
+from shopmesh.settings import PROJECT_ROOT, Settings
+from shopmesh.supervise import ProgramSpec, Supervisor
+
+
+class StackError(RuntimeError):
+    """The mesh could not be brought up; the message says which part and why."""
+
+
+@dataclass(frozen=True)
+class Program:
+    spec: ProgramSpec
+    ports: dict[str, int]
+    probe: Callable[[Settings], str | None]
+    requires: tuple[str, ...] = ()
+    deadline: float = 60.0
+    prepare: Callable[[], None] = lambda: None
+    #: Registration in Consul once healthy, for the components that do not register themselves.
+    register: Callable[[consul.Consul], None] | None = None
+    url: str = ""
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+
+def programs(settings: Settings, installed: Installed) -> list[Program]:
+    return [_consul(settings, installed), _kafka(settings, installed), _keycloak(settings, installed),
+            _envoy(settings, installed)]
+
+
+def _consul(settings: Settings, installed: Installed) -> Program:
+    argv = [
+        str(installed.consul / "bin" / "consul"), "agent",
+        f"-config-file={PROJECT_ROOT / 'consul' / 'agent.hcl'}",
+        f"-data-dir={settings.var_dir / 'consul'}",
+        f"-http-port={settings.consul_http_port}", f"-dns-port={settings.consul_dns_port}",
+        f"-server-port={settings.consul_server_port}", f"-serf-lan-port={settings.consul_serf_lan_port}",
+    ]
+    return Program(
+        ProgramSpec("consul", argv, stop_seconds=15),
+        ports={"Consul HTTP API and UI": settings.consul_http_port, "Consul DNS": settings.consul_dns_port,
+               "Consul server RPC": settings.consul_server_port, "Consul LAN gossip": settings.consul_serf_lan_port},
+        probe=health.consul_leader,
+        deadline=60,
+        url=f"{settings.consul_url}/ui/",
+    )
+
+
+def _kafka(settings: Settings, installed: Installed) -> Program:
+    data = settings.var_dir / "kafka" / "data"
+    classpath = f"{installed.kafka / 'libs'}/*"
+    java = java_for("kafka")
+    overrides = {
+        "listeners": f"PLAINTEXT://{settings.host}:{settings.kafka_port},"
+                     f"CONTROLLER://{settings.host}:{settings.kafka_controller_port}",
+        "advertised.listeners": f"PLAINTEXT://{settings.host}:{settings.kafka_port}",
+        "controller.quorum.voters": f"1@{settings.host}:{settings.kafka_controller_port}",
+        "log.dirs": str(data),
+    }
+    config = settings.var_dir / "kafka" / "server.properties"
+    argv = [java, f"-Xms{settings.kafka_heap}", f"-Xmx{settings.kafka_heap}",
+            f"-Dlog4j2.configurationFile={PROJECT_ROOT / 'kafka' / 'log4j2.properties'}",
+            "-cp", classpath, "kafka.Kafka", str(config)]
+
+    def prepare() -> None:
+        # kafka/server.properties, then the address settings: in a properties file the later key wins.
+        config.parent.mkdir(parents=True, exist_ok=True)
+        lines = [(PROJECT_ROOT / "kafka" / "server.properties").read_text(), "# From the SHOPMESH_* settings:"]
+        config.write_text("\n".join(lines + [f"{key}={value}" for key, value in overrides.items()]) + "\n")
+        # KRaft needs its log folder formatted once with a cluster id; later starts reuse it.
+        if (data / "meta.properties").exists():
+            return
+        data.mkdir(parents=True, exist_ok=True)
+        tool = [java, "-cp", classpath, "kafka.tools.StorageTool"]
+        cluster_id = subprocess.run([*tool, "random-uuid"], capture_output=True, text=True, check=True).stdout
+        subprocess.run([*tool, "format", "--ignore-formatted", "-t", cluster_id.strip(), "-c", str(config)],
+                       capture_output=True, text=True, check=True)
+
+    return Program(
+        ProgramSpec("kafka", argv, stop_seconds=60),
+        ports={"Kafka broker": settings.kafka_port, "Kafka controller": settings.kafka_controller_port},
+        probe=health.kafka_metadata,
+        requires=("consul",),
+        deadline=120,
+        prepare=prepare,
+        register=lambda agent: agent.agent.service.register(
+            "kafka", service_id="kafka", address=settings.host, port=settings.kafka_port, tags=["broker", "kraft"],
+            check={"TCP": f"{settings.host}:{settings.kafka_port}", "Interval": "10s"},
+        ),
+        url=f"kafka://{settings.kafka_bootstrap}",
+    )
+
+
+def _keycloak(settings: Settings, installed: Installed) -> Program:
+    # Keycloak's home is laid out per checkout: its data (the embedded H2 database, the realm import folder)
+    # lives under var/, while lib/ points at the optimized server built once in the cache.
+    home = settings.var_dir / "keycloak"
+    argv = [
+        str(installed.keycloak / "bin" / "kc.sh"), "start", "--optimized", f"-Dkc.home.dir={home}",
+        "--cache=local", "--http-enabled=true", f"--http-host={settings.host}", f"--http-port={settings.keycloak_port}",
+        f"--hostname=http://localhost:{settings.keycloak_port}", "--import-realm",
+    ]
+    env = {
+        "JAVA_HOME": str(java_home_for_keycloak(settings)),
+        "JAVA_OPTS_KC_HEAP": f"-Xms64m -Xmx{settings.keycloak_heap}",
+        "KC_BOOTSTRAP_ADMIN_USERNAME": settings.keycloak_admin_user,
+        "KC_BOOTSTRAP_ADMIN_PASSWORD": settings.keycloak_admin_password,
+    }
+
+    def lay_out_home() -> None:
+        for folder in ("data/import", "providers", "themes"):
+            (home / folder).mkdir(parents=True, exist_ok=True)
+        lib = home / "lib"
+        if lib.is_symlink() and lib.resolve() != (installed.keycloak / "lib").resolve():
+            lib.unlink()
+        if not lib.is_symlink():
+            lib.symlink_to(installed.keycloak / "lib", target_is_directory=True)
+        for realm in (PROJECT_ROOT / "keycloak").glob("*-realm.json"):
+            shutil.copy(realm, home / "data" / "import" / realm.name)
+
+    discovery = f"{settings.keycloak_url}/realms/shopmesh/.well-known/openid-configuration"
+    return Program(
+        ProgramSpec("keycloak", argv, env),
+        ports={"Keycloak HTTP": settings.keycloak_port},
+        probe=health.keycloak_realm,
+        requires=("consul",),
+        deadline=300,
+        prepare=lay_out_home,
+        register=lambda agent: agent.agent.service.register(
+            "keycloak", service_id="keycloak", address=settings.host, port=settings.keycloak_port, tags=["oidc"],
+            check={"HTTP": discovery, "Interval": "10s"},
+        ),
+        url=f"{settings.keycloak_url}/admin/ (console), realm {settings.keycloak_url}/realms/shopmesh",
+    )
+
+
+def _envoy(settings: Settings, installed: Installed) -> Program:
+    bootstrap = settings.var_dir / "envoy" / "bootstrap.yaml"
+
+    def render_bootstrap() -> None:
+        template = string.Template((PROJECT_ROOT / "envoy" / "bootstrap.yaml").read_text())
+        bootstrap.parent.mkdir(parents=True, exist_ok=True)
+        bootstrap.write_text(template.substitute(
+            host=settings.host, gateway_port=settings.gateway_port, admin_port=settings.envoy_admin_port,
+            log_dir=settings.log_dir,
+        ))
+
+    argv = [str(installed.envoy / "bin" / "envoy"), "-c", str(bootstrap), "--disable-hot-restart",
+            "--log-level", "info"]
+    ready = f"{settings.envoy_admin_url}/ready"
+    return Program(
+        ProgramSpec("envoy", argv, stop_seconds=15),
+        ports={"gateway": settings.gateway_port, "Envoy admin": settings.envoy_admin_port},
+        probe=health.envoy_ready,
+        requires=("consul",),
+        deadline=60,
+        prepare=render_bootstrap,
+        register=lambda agent: agent.agent.service.register(
+            "gateway", service_id="gateway", address=settings.host, port=settings.gateway_port, tags=["envoy"],
+            check={"HTTP": ready, "Interval": "5s"},
+        ),
+        url=settings.gateway_url,
+    )
+
+
+# --- bringing the set up and down ------------------------------------------------------------------------------
+
+
+def port_holder(host: str, port: int) -> str | None:
+    """None when the port is free on host; otherwise who holds it, as far as it can be found."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+            return None
+        except OSError:
+            pass
+    try:
+        for connection in psutil.net_connections(kind="inet"):
+            if connection.laddr and connection.laddr.port == port and connection.status == psutil.CONN_LISTEN:
+                if connection.pid:
+                    process = psutil.Process(connection.pid)
+                    return f"pid {connection.pid} ({' '.join(process.cmdline())[:120]})"
+    except (psutil.AccessDenied, psutil.NoSuchProcess):
+        pass
+    return "another process (not visible to this user)"
+
+
+def check_ports(settings: Settings, wanted: Sequence[Program]) -> None:
+    taken = [
+        f"  port {port} ({purpose}) is in use by {holder}"
+        for program in wanted
+        for purpose, port in program.ports.items()
+        if (holder := port_holder(settings.host, port))
+    ]
+    if taken:
+        raise StackError(
+            "cannot start: ports are taken on " + settings.host + "\n" + "\n".join(taken)
+            + "\nStop what holds them, or move shopmesh with SHOPMESH_<NAME>_PORT (see README)."
+        )
+
+
+@dataclass
+class BringUp:
+    """Starts each program once all it requires is healthy, and waits for its own health within its deadline."""
+
+    settings: Settings
+    supervisor: Supervisor
+    wanted: Sequence[Program]
+    report: Callable[[str], None] = print
+    poll_seconds: float = 0.5
+    healthy: set[str] = field(default_factory=set)
+
+    def run(self) -> None:
+        pending = list(self.wanted)
+        starting: dict[str, tuple[Program, float]] = {}
+        while pending or starting:
+            for program in [p for p in pending if set(p.requires) <= self.healthy]:
+                pending.remove(program)
+                starting[program.name] = (program, time.monotonic())
+                if self.supervisor.state(program.name) != "RUNNING" or program.probe(self.settings):
+                    self.report(f"starting {program.name} …")
+                    program.prepare()
+                    self.supervisor.start(program.name)
+            if pending and not starting:
+                blocked = ", ".join(f"{p.name} (needs {', '.join(p.requires)})" for p in pending)
+                raise StackError(f"nothing left to start, yet these wait: {blocked}")
+            time.sleep(self.poll_seconds)
+            for name, (program, started) in list(starting.items()):
+                self._check(program, started)
+                if name in self.healthy:
+                    del starting[name]
+
+    def _check(self, program: Program, started: float) -> None:
+        """Mark the program healthy, or raise once it has died or run out of time."""
+        problem = program.probe(self.settings)
+        if problem is None:
+            self.healthy.add(program.name)
+            self._register(program)
+            self.report(f"{program.name} healthy after {time.monotonic() - started:.1f} s")
+            return
+        state = self.supervisor.state(program.name)
+        if state in ("FATAL", "EXITED", "STOPPED") or time.monotonic() > started + program.deadline:
+            why = f"its process is {state}" if state != "RUNNING" else f"not healthy within {program.deadline:.0f} s"
+            raise StackError(
+                f"{program.name} failed to start: {why} ({problem}).\n"
+                f"Last lines of {self.settings.log_dir / (program.name + '.log')}:\n"
+                f"{self.supervisor.log_tail(program.name)}"
+            )
+
+    def _register(self, program: Program) -> None:
+        if program.register is not None:
+            program.register(consul.Consul(host=self.settings.host, port=self.settings.consul_http_port))
+
+
+def up(settings: Settings, installed: Installed, report: Callable[[str], None] = print) -> list[Program]:
+    """Bring the whole mesh up and return once every program is healthy; on failure stop everything."""
+    wanted = programs(settings, installed)
+    supervisor = Supervisor(settings)
+    running = supervisor.info()
+    check_ports(settings, [p for p in wanted if running.get(p.name, {}).get("statename") != "RUNNING"])
+    supervisor.start_daemon([p.spec for p in wanted])
+    try:
+        BringUp(settings, supervisor, wanted, report).run()
+    except BaseException:
+        report("stopping everything that was started …")
+        supervisor.shutdown()
+        raise
+    return wanted
+
+
+def down(settings: Settings) -> bool:
+    """Stop every program of this checkout; False if nothing was running."""
+    supervisor = Supervisor(settings)
+    if not supervisor.running():
+        return False
+    supervisor.shutdown()
+    return True

@@ -1,0 +1,147 @@
+"""The process manager: supervisord runs every component, one log file each; this module renders its
+configuration and talks to it over its XML-RPC socket."""
+
+from __future__ import annotations
+
+import shlex
+import subprocess
+import sys
+import time
+import xmlrpc.client
+from collections.abc import Mapping, Sequence
+from configparser import ConfigParser
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psutil
+from supervisor.xmlrpc import SupervisorTransport
+
+from shopmesh.settings import PROJECT_ROOT, Settings
+
+
+@dataclass(frozen=True)
+class ProgramSpec:
+    """What supervisord needs to run one process."""
+
+    name: str
+    argv: Sequence[str]
+    env: Mapping[str, str] = field(default_factory=dict)
+    stop_seconds: int = 30
+
+
+def _escape(value: str) -> str:
+    # supervisord expands %(name)s in its values, so a literal % is written %%.
+    return value.replace("%", "%%")
+
+
+def render_config(settings: Settings, programs: Sequence[ProgramSpec]) -> str:
+    config = ConfigParser(interpolation=None)
+    config["unix_http_server"] = {"file": str(settings.run_dir / "supervisor.sock"), "chmod": "0700"}
+    config["supervisord"] = {
+        "logfile": str(settings.log_dir / "supervisord.log"),
+        "pidfile": str(settings.run_dir / "supervisord.pid"),
+        "childlogdir": str(settings.log_dir),
+        "directory": str(PROJECT_ROOT),
+        "identifier": "shopmesh",
+    }
+    config["rpcinterface:supervisor"] = {
+        "supervisor.rpcinterface_factory": "supervisor.rpcinterface:make_main_rpcinterface"
+    }
+    config["supervisorctl"] = {"serverurl": f"unix://{settings.run_dir / 'supervisor.sock'}"}
+    for program in programs:
+        section = {
+            "command": _escape(shlex.join(program.argv)),
+            "directory": str(PROJECT_ROOT),
+            # The runtime starts each program once the programs it depends on are healthy.
+            "autostart": "false",
+            "autorestart": "true",
+            "startsecs": "2",
+            "startretries": "3",
+            "stopasgroup": "true",
+            "killasgroup": "true",
+            "stopwaitsecs": str(program.stop_seconds),
+            "redirect_stderr": "true",
+            "stdout_logfile": str(settings.log_dir / f"{program.name}.log"),
+            "stdout_logfile_maxbytes": "20MB",
+            "stdout_logfile_backups": "2",
+        }
+        if program.env:
+            section["environment"] = ",".join(f'{key}="{_escape(value)}"' for key, value in program.env.items())
+        config[f"program:{program.name}"] = section
+    lines = []
+    for name in config.sections():
+        lines.append(f"[{name}]")
+        lines.extend(f"{key}={value}" for key, value in config[name].items())
+        lines.append("")
+    return "\n".join(lines)
+
+
+class Supervisor:
+    """A handle on this checkout's supervisord."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.config_path = settings.run_dir / "supervisord.conf"
+        self.socket = settings.run_dir / "supervisor.sock"
+        self.pidfile = settings.run_dir / "supervisord.pid"
+
+    @property
+    def rpc(self):
+        transport = SupervisorTransport(None, None, f"unix://{self.socket}")
+        return xmlrpc.client.ServerProxy("http://127.0.0.1", transport=transport).supervisor
+
+    def running(self) -> bool:
+        if not self.socket.exists():
+            return False
+        try:
+            return self.rpc.getState()["statename"] == "RUNNING"
+        except (OSError, xmlrpc.client.Fault):
+            return False
+
+    def start_daemon(self, programs: Sequence[ProgramSpec]) -> None:
+        """Write the configuration and start supervisord, or make a running one pick up the new configuration."""
+        for folder in (self.settings.run_dir, self.settings.log_dir):
+            folder.mkdir(parents=True, exist_ok=True)
+        self.config_path.write_text(render_config(self.settings, programs))
+        if self.running():
+            self.rpc.reloadConfig()
+            for program in programs:
+                if program.name not in {info["name"] for info in self.rpc.getAllProcessInfo()}:
+                    self.rpc.addProcessGroup(program.name)
+            return
+        subprocess.run([sys.executable, "-m", "supervisor.supervisord", "-c", str(self.config_path)], check=True)
+        deadline = time.monotonic() + 15
+        while not self.running():
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"supervisord did not start; see {self.settings.log_dir / 'supervisord.log'}")
+            time.sleep(0.1)
+
+    def state(self, name: str) -> str:
+        return self.rpc.getProcessInfo(name)["statename"]
+
+    def info(self) -> dict[str, dict]:
+        if not self.running():
+            return {}
+        return {info["name"]: info for info in self.rpc.getAllProcessInfo()}
+
+    def start(self, name: str) -> None:
+        if self.state(name) not in ("RUNNING", "STARTING"):
+            self.rpc.startProcess(name, False)
+
+    def log_tail(self, name: str, lines: int = 30) -> str:
+        path = self.settings.log_dir / f"{name}.log"
+        if not path.exists():
+            return f"(no log at {path})"
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+    def shutdown(self, timeout: float = 90) -> None:
+        """Stop every program and supervisord itself; wait until none of their processes is left."""
+        if not self.running():
+            return
+        daemon = psutil.Process(int(self.pidfile.read_text()))
+        family = [daemon, *daemon.children(recursive=True)]
+        self.rpc.shutdown()
+        _, alive = psutil.wait_procs(family, timeout=timeout)
+        for straggler in alive:
+            straggler.kill()
+        psutil.wait_procs(alive, timeout=10)
