@@ -279,8 +279,26 @@ def java_home_for_keycloak(settings: Settings) -> Path:
 def java_for(component: str) -> str:
     java = shutil.which("java")
     if not java:
-        raise InstallError(f"{component} needs Java 17 or newer: install it (apt-get install openjdk-17-jre-headless)")
+        raise InstallError(f"{component} needs Java 17 or newer: install it (apt-get install openjdk-17-jdk-headless)")
     return java
+
+
+#: Tools the recipes run, with the Debian package that brings each. Go is not among them: Debian's is older
+#: than the Go 1.20 that Consul 1.16 needs, so a missing Go is named rather than installed.
+DEBIAN_TOOLS = {"java": "openjdk-17-jdk-headless", "mvn": "maven"}
+
+
+def ensure_tools() -> None:
+    """Install the Debian packages of missing tools when running as root on Debian; otherwise name them."""
+    missing = {tool: package for tool, package in DEBIAN_TOOLS.items() if not shutil.which(tool)}
+    if not missing:
+        return
+    packages = sorted(set(missing.values()))
+    if os.geteuid() != 0 or not shutil.which("apt-get"):
+        raise InstallError(f"missing {', '.join(missing)}: install the packages {' '.join(packages)}")
+    run_step("apt-get: updating the package lists", ["apt-get", "update", "-q"])
+    run_step(f"apt-get: installing {' '.join(packages)}", ["apt-get", "install", "-y", "-q", *packages],
+             env={"DEBIAN_FRONTEND": "noninteractive"})
 
 
 COMPONENTS = {
@@ -310,6 +328,7 @@ def locations(settings: Settings) -> Installed:
 
 def ensure_all(settings: Settings) -> Installed:
     """Install whatever is missing, in the order that puts the slowest build first."""
+    ensure_tools()
     consul_binary = consul_on_path()
     if consul_binary:
         progress(f"consul: using {consul_binary} from PATH")

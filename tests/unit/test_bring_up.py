@@ -1,0 +1,90 @@
+"""Bring-up order and failure handling, with stand-in processes: the real ones are in tests/integration."""
+
+from __future__ import annotations
+
+import pytest
+
+from shopmesh.settings import Settings
+from shopmesh.stack import BringUp, Program, StackError
+from shopmesh.supervise import ProgramSpec, render_config
+
+
+class Processes:
+    """Stands in for supervisord: a program becomes healthy a set number of polls after it was started."""
+
+    def __init__(self, polls_to_health: dict[str, int | None]) -> None:
+        self.polls_to_health = polls_to_health
+        self.started: list[str] = []
+        self.polls: dict[str, int] = {}
+
+    def state(self, name: str) -> str:
+        return "RUNNING" if name in self.started else "STOPPED"
+
+    def start(self, name: str) -> None:
+        self.started.append(name)
+
+    def probe(self, name: str):
+        def check(settings) -> str | None:
+            if name not in self.started:
+                return "not started"
+            self.polls[name] = self.polls.get(name, 0) + 1
+            needed = self.polls_to_health[name]
+            return None if needed is not None and self.polls[name] >= needed else "still starting"
+
+        return check
+
+    def log_tail(self, name: str, lines: int = 30) -> str:
+        return f"last words of {name}"
+
+
+def _program(processes: Processes, name: str, requires=(), deadline=5.0) -> Program:
+    return Program(ProgramSpec(name, ["true"]), ports={}, probe=processes.probe(name), requires=requires,
+                   deadline=deadline)
+
+
+def _bring_up(processes: Processes, programs, reports=None) -> BringUp:
+    return BringUp(Settings(), processes, programs, report=(reports or []).append, poll_seconds=0.001)
+
+
+def test_a_program_starts_only_once_what_it_requires_is_healthy():
+    processes = Processes({"consul": 3, "kafka": 1, "envoy": 1})
+    programs = [_program(processes, "consul"), _program(processes, "kafka", ("consul",)),
+                _program(processes, "envoy", ("consul",))]
+    bring_up = _bring_up(processes, programs)
+    bring_up.run()
+    assert processes.started == ["consul", "kafka", "envoy"]
+    assert processes.polls["consul"] == 3
+    assert bring_up.healthy == {"consul", "kafka", "envoy"}
+
+
+def test_a_program_that_never_becomes_healthy_fails_with_its_log_tail():
+    processes = Processes({"consul": 1, "kafka": None})
+    programs = [_program(processes, "consul"), _program(processes, "kafka", ("consul",), deadline=0.05)]
+    with pytest.raises(StackError) as failure:
+        _bring_up(processes, programs).run()
+    assert "kafka failed to start: not healthy within 0 s (still starting)" in str(failure.value)
+    assert "last words of kafka" in str(failure.value)
+
+
+def test_a_program_that_requires_something_absent_is_reported():
+    processes = Processes({"envoy": 1})
+    with pytest.raises(StackError, match=r"envoy \(needs control-plane\)"):
+        _bring_up(processes, [_program(processes, "envoy", ("control-plane",))]).run()
+
+
+def test_a_healthy_running_program_is_not_started_again():
+    processes = Processes({"consul": 1})
+    processes.started.append("consul")
+    reports: list[str] = []
+    _bring_up(processes, [_program(processes, "consul")], reports).run()
+    assert processes.started == ["consul"]
+    assert not any(report.startswith("starting") for report in reports)
+
+
+def test_the_supervisor_config_escapes_percent_signs_and_logs_each_program_to_its_own_file(tmp_path):
+    settings = Settings(var_dir=tmp_path)
+    text = render_config(settings, [ProgramSpec("kafka", ["java", "-Dx=50%"], {"OPTS": "a%b"})])
+    assert "command=java -Dx=50%%" in text
+    assert 'environment=OPTS="a%%b"' in text
+    assert f"stdout_logfile={tmp_path / 'log' / 'kafka.log'}" in text
+    assert "autostart=false" in text
