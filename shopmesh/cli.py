@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from shopmesh import install, stack
+from shopmesh import codegen, install, stack
 from shopmesh.settings import Settings, load
 from shopmesh.supervise import Supervisor
 
@@ -52,9 +52,10 @@ def _up(settings: Settings) -> list[stack.Program]:
 
 @app.command("install")
 def install_command() -> None:
-    """Install every component that is missing from the per-user cache."""
+    """Install every component that is missing from the per-user cache, and generate the code of protos/."""
     settings = load()
     installed = _install(settings)
+    codegen.generate()
     for name, path in vars(installed).items():
         typer.echo(f"{name:<10} {path}")
 
@@ -114,8 +115,32 @@ def status() -> None:
 
 
 @app.command()
+def scale(
+    service: Annotated[str, typer.Argument(help="customer-service, inventory-service or billing-service")],
+    instances: Annotated[int, typer.Argument(help="How many instances to run, 1 or more.")],
+) -> None:
+    """Run SERVICE as INSTANCES processes; each registers in Consul under the same name and takes traffic."""
+    settings = load()
+    if not Supervisor(settings).running():
+        fail(stack.StackError("shopmesh is not running: start it with `make up` first"))
+    try:
+        ports = stack.set_instances(settings, service.removesuffix("-service"), instances)
+    except stack.StackError as error:
+        fail(error)
+    _up(settings)
+    say(f"{service}: {instances} instance(s) on ports {', '.join(map(str, ports))}")
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def grpcurl(context: typer.Context) -> None:
+    """Run the installed grpcurl with the given arguments, e.g. `shopmesh grpcurl -plaintext 127.0.0.1:50051 list`."""
+    installed = _install(load())
+    sys.exit(subprocess.call([str(installed.grpcurl / "bin" / "grpcurl"), *context.args]))
+
+
+@app.command()
 def logs(
-    part: Annotated[str | None, typer.Argument(help="consul, kafka, keycloak, envoy; all when left out")] = None,
+    part: Annotated[str | None, typer.Argument(help="consul, kafka, customer-service, …; all when left out")] = None,
     follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new lines.")] = False,
     lines: Annotated[int, typer.Option("--lines", "-n", help="How many last lines.")] = 40,
 ) -> None:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import logging
 
+import grpc
 import httpx
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from kafka import KafkaAdminClient
 from kafka.errors import KafkaError
 
@@ -60,3 +62,14 @@ def envoy_ready(settings: Settings) -> str | None:
         return f"Envoy admin not answering: {error}"
     state = answer.text.strip()
     return None if answer.status_code == 200 and state == "LIVE" else f"Envoy is {state or answer.status_code}"
+
+
+def grpc_serving(settings: Settings, port: int) -> str | None:
+    """Healthy once the server at port answers grpc.health.v1 with SERVING."""
+    with grpc.insecure_channel(f"{settings.host}:{port}") as channel:
+        try:
+            answer = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=2)
+        except grpc.RpcError as error:
+            return f"gRPC health check failed: {error.code().name}"
+    status = health_pb2.HealthCheckResponse.ServingStatus.Name(answer.status)
+    return None if status == "SERVING" else f"gRPC health is {status}"

@@ -30,6 +30,7 @@ ENVOY_VERSION = "1.40.0"
 CONSUL_VERSION = "1.16.1"
 KAFKA_VERSION = "4.1.1"
 KEYCLOAK_VERSION = "26.4.7"
+GRPCURL_VERSION = "1.9.3"
 
 
 class InstallError(RuntimeError):
@@ -54,7 +55,7 @@ def run_step(description: str, argv: list[str], *, cwd: Path | None = None, env:
         tail = "\n".join((done.stdout + done.stderr).strip().splitlines()[-25:])
         raise InstallError(f"{description} failed (exit {done.returncode}):\n{tail}")
     progress(f"{description}: done in {time.monotonic() - started:.0f} s")
-    return done.stdout
+    return done.stdout + done.stderr
 
 
 @dataclass(frozen=True)
@@ -255,6 +256,26 @@ def _verify_keycloak(home: Path) -> str:
     return f"keycloak {KEYCLOAK_VERSION}"
 
 
+# --- grpcurl: the gRPC command-line client, built through the Go module proxy ---------------------------------
+
+
+def _build_grpcurl(staging: Path) -> None:
+    run_step(
+        f"grpcurl {GRPCURL_VERSION}: building from source with {_go_version()}",
+        ["go", "install", "-trimpath", f"-ldflags=-s -w -X main.version=v{GRPCURL_VERSION}",
+         f"github.com/fullstorydev/grpcurl/cmd/grpcurl@v{GRPCURL_VERSION}"],
+        env={"CGO_ENABLED": "0", "GOBIN": str(staging / "bin"), "GOSUMDB": "off", "GOTOOLCHAIN": "local"},
+    )
+
+
+def _verify_grpcurl(home: Path) -> str:
+    out = run_step("grpcurl: checking grpcurl -version", [str(home / "bin" / "grpcurl"), "-version"])
+    reported = (out or "").strip()
+    if GRPCURL_VERSION not in reported:
+        raise InstallError(f"grpcurl -version does not report {GRPCURL_VERSION}: {reported}")
+    return reported
+
+
 # --- Java -----------------------------------------------------------------------------------------------------
 
 
@@ -306,6 +327,7 @@ COMPONENTS = {
     "kafka": Component("kafka", KAFKA_VERSION, _build_kafka, _verify_kafka),
     "keycloak": Component("keycloak", KEYCLOAK_VERSION, _build_keycloak, _verify_keycloak),
     "envoy": Component("envoy", ENVOY_VERSION, _build_envoy, _verify_envoy),
+    "grpcurl": Component("grpcurl", GRPCURL_VERSION, _build_grpcurl, _verify_grpcurl),
 }
 
 
@@ -315,6 +337,7 @@ class Installed:
     kafka: Path
     keycloak: Path
     envoy: Path
+    grpcurl: Path
 
 
 def locations(settings: Settings) -> Installed:
@@ -322,7 +345,7 @@ def locations(settings: Settings) -> Installed:
     consul_binary = consul_on_path()
     return Installed(
         consul=consul_binary.parent.parent if consul_binary else settings.cache_dir / COMPONENTS["consul"].key,
-        **{name: settings.cache_dir / COMPONENTS[name].key for name in ("kafka", "keycloak", "envoy")},
+        **{name: settings.cache_dir / COMPONENTS[name].key for name in ("kafka", "keycloak", "envoy", "grpcurl")},
     )
 
 
@@ -340,4 +363,5 @@ def ensure_all(settings: Settings) -> Installed:
         kafka=ensure(COMPONENTS["kafka"], settings.cache_dir),
         keycloak=ensure(COMPONENTS["keycloak"], settings.cache_dir),
         envoy=ensure(COMPONENTS["envoy"], settings.cache_dir),
+        grpcurl=ensure(COMPONENTS["grpcurl"], settings.cache_dir),
     )

@@ -40,6 +40,18 @@ class Settings(BaseSettings):
     gateway_port: int = 8080
     envoy_admin_port: int = 9901
 
+    customer_service_port: int = 50051
+    inventory_service_port: int = 50052
+    billing_service_port: int = 50053
+    instance_port: int | None = Field(
+        None, description="Port of this service process, overriding its service's port; 0 takes a free port."
+    )
+    customer_database_url: str | None = Field(None, description="SQLAlchemy URL; default sqlite under var/.")
+    inventory_database_url: str | None = None
+    billing_database_url: str | None = None
+    consul_check_interval: str = "2s"
+    consul_deregister_after: str = "30s"
+
     kafka_heap: str = Field("512m", description="Kafka broker heap (-Xms and -Xmx).")
     keycloak_heap: str = Field("768m", description="Keycloak maximum heap.")
     keycloak_java_home: Path | None = Field(None, description="JDK for Keycloak; by default the newest JDK 21+ found.")
@@ -54,6 +66,15 @@ class Settings(BaseSettings):
     @cached_property
     def run_dir(self) -> Path:
         return self.var_dir / "run"
+
+    def service_port(self, service: str) -> int:
+        """The port this process serves on: the instance override, else the service's first-instance port."""
+        if self.instance_port is not None:
+            return self.instance_port
+        return getattr(self, f"{service}_service_port")
+
+    def database_url(self, service: str) -> str:
+        return getattr(self, f"{service}_database_url") or f"sqlite:///{self.var_dir / 'data' / service}.db"
 
     @property
     def consul_url(self) -> str:

@@ -3,18 +3,22 @@ whole set is brought up in dependency order and taken down again."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import socket
 import string
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import consul
 import psutil
 
-from shopmesh import health
+from shopmesh import codegen, health
 from shopmesh.install import Installed, java_for, java_home_for_keycloak
 from shopmesh.settings import PROJECT_ROOT, Settings
 from shopmesh.supervise import ProgramSpec, Supervisor
@@ -41,9 +45,69 @@ class Program:
         return self.spec.name
 
 
+SERVICES = ("customer", "inventory", "billing")
+
+
 def programs(settings: Settings, installed: Installed) -> list[Program]:
-    return [_consul(settings, installed), _kafka(settings, installed), _keycloak(settings, installed),
-            _envoy(settings, installed)]
+    infrastructure = [_consul(settings, installed), _kafka(settings, installed), _keycloak(settings, installed),
+                      _envoy(settings, installed)]
+    services = [
+        _service(settings, name, instance, port)
+        for name in SERVICES
+        for instance, port in enumerate(instance_ports(settings, name), start=1)
+    ]
+    return infrastructure + services
+
+
+# --- the gRPC services, and further instances of them -----------------------------------------------------------
+
+
+def _scale_file(settings: Settings) -> Path:
+    return settings.run_dir / "instances.json"
+
+
+def instance_ports(settings: Settings, service: str) -> list[int]:
+    """The ports of the service's instances: the contract's for the first, those chosen by `scale` after it."""
+    extra = json.loads(_scale_file(settings).read_text()) if _scale_file(settings).exists() else {}
+    return [settings.service_port(service), *extra.get(service, [])]
+
+
+def set_instances(settings: Settings, service: str, count: int) -> list[int]:
+    """Record how many instances the service should run, choosing free ports for the new ones."""
+    if service not in SERVICES:
+        raise StackError(f"unknown service {service!r}: one of {', '.join(SERVICES)}")
+    if count < 1:
+        raise StackError(f"a service runs at least one instance, not {count}")
+    path = _scale_file(settings)
+    extra = json.loads(path.read_text()) if path.exists() else {}
+    ports = extra.get(service, [])[: count - 1]
+    while len(ports) < count - 1:
+        ports.append(free_port(settings.host))
+    extra[service] = ports
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(extra, indent=2))
+    return [settings.service_port(service), *ports]
+
+
+def free_port(host: str) -> int:
+    with socket.socket() as probe:
+        probe.bind((host, 0))
+        return probe.getsockname()[1]
+
+
+def _service(settings: Settings, name: str, instance: int, port: int) -> Program:
+    consul_name = f"{name}-service"
+    program = consul_name if instance == 1 else f"{consul_name}-{instance}"
+    requires = ("consul", "customer-service", "inventory-service") if name == "billing" else ("consul",)
+    return Program(
+        ProgramSpec(program, [sys.executable, "-m", f"services.{name}"], {"SHOPMESH_INSTANCE_PORT": str(port)},
+                    stop_seconds=15),
+        ports={f"{consul_name} gRPC": port},
+        probe=lambda settings: health.grpc_serving(settings, port),
+        requires=requires,
+        deadline=30,
+        url=f"grpc://{settings.host}:{port}",
+    )
 
 
 def _consul(settings: Settings, installed: Installed) -> Program:
@@ -244,14 +308,17 @@ class BringUp:
                 blocked = ", ".join(f"{p.name} (needs {', '.join(p.requires)})" for p in pending)
                 raise StackError(f"nothing left to start, yet these wait: {blocked}")
             time.sleep(self.poll_seconds)
-            for name, (program, started) in list(starting.items()):
-                self._check(program, started)
-                if name in self.healthy:
-                    del starting[name]
+            # Probes run side by side: one slow to answer (a broker still starting) delays no other.
+            checked = list(starting.values())
+            with ThreadPoolExecutor(max_workers=len(checked) or 1) as pool:
+                problems = list(pool.map(lambda entry: entry[0].probe(self.settings), checked))
+            for (program, started), problem in zip(checked, problems, strict=True):
+                self._check(program, started, problem)
+                if program.name in self.healthy:
+                    del starting[program.name]
 
-    def _check(self, program: Program, started: float) -> None:
+    def _check(self, program: Program, started: float, problem: str | None) -> None:
         """Mark the program healthy, or raise once it has died or run out of time."""
-        problem = program.probe(self.settings)
         if problem is None:
             self.healthy.add(program.name)
             self._register(program)
@@ -273,6 +340,7 @@ class BringUp:
 
 def up(settings: Settings, installed: Installed, report: Callable[[str], None] = print) -> list[Program]:
     """Bring the whole mesh up and return once every program is healthy; on failure stop everything."""
+    codegen.generate()
     wanted = programs(settings, installed)
     supervisor = Supervisor(settings)
     running = supervisor.info()

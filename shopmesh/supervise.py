@@ -105,9 +105,14 @@ class Supervisor:
         self.config_path.write_text(render_config(self.settings, programs))
         if self.running():
             self.rpc.reloadConfig()
-            for program in programs:
-                if program.name not in {info["name"] for info in self.rpc.getAllProcessInfo()}:
-                    self.rpc.addProcessGroup(program.name)
+            known = {info["name"]: info for info in self.rpc.getAllProcessInfo()}
+            wanted = {program.name for program in programs}
+            for name in wanted - set(known):
+                self.rpc.addProcessGroup(name)
+            for name in set(known) - wanted:
+                if known[name]["statename"] in ("RUNNING", "STARTING", "BACKOFF"):
+                    self.rpc.stopProcess(name, True)
+                self.rpc.removeProcessGroup(name)
             return
         subprocess.run([sys.executable, "-m", "supervisor.supervisord", "-c", str(self.config_path)], check=True)
         deadline = time.monotonic() + 15

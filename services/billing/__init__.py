@@ -1,0 +1,1 @@
+"""The billing service: full bills built from the customer and inventory services."""

@@ -1,0 +1,4 @@
+from services.billing.service import SERVICE
+from shopmesh.server import main
+
+main(SERVICE)

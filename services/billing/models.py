@@ -1,0 +1,40 @@
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import BigInteger, DateTime, ForeignKey, Integer, String
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class BillRow(Base):
+    """A bill keeps copies of the customer and products as they were: later edits do not rewrite it."""
+
+    __tablename__ = "bills"
+
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    id: Mapped[str] = mapped_column(String(32), unique=True)
+    billing_date: Mapped[datetime] = mapped_column(DateTime)  # UTC
+    customer_id: Mapped[str] = mapped_column(String(32), index=True)
+    customer_name: Mapped[str] = mapped_column(String(200))
+    customer_email: Mapped[str] = mapped_column(String(320))
+    total_cents: Mapped[int] = mapped_column(BigInteger)
+    items: Mapped[list[BillItemRow]] = relationship(
+        back_populates="bill", order_by="BillItemRow.position", cascade="all, delete-orphan", lazy="selectin"
+    )
+
+
+class BillItemRow(Base):
+    __tablename__ = "bill_items"
+
+    bill_seq: Mapped[int] = mapped_column(ForeignKey("bills.seq", ondelete="CASCADE"), primary_key=True)
+    position: Mapped[int] = mapped_column(Integer, primary_key=True)
+    product_id: Mapped[str] = mapped_column(String(32))
+    product_name: Mapped[str] = mapped_column(String(200))
+    quantity: Mapped[int] = mapped_column(Integer)
+    unit_price_cents: Mapped[int] = mapped_column(BigInteger)
+    amount_cents: Mapped[int] = mapped_column(BigInteger)
+    bill: Mapped[BillRow] = relationship(back_populates="items")

@@ -1,0 +1,167 @@
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime
+
+import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from services.billing.models import Base, BillItemRow, BillRow
+from services.billing.upstream import Customers, Inventory
+from services.customer.seed import CUSTOMERS
+from services.inventory.seed import PRODUCTS
+from shopmesh.billing.v1 import billing_service_pb2 as pb
+from shopmesh.billing.v1 import billing_service_pb2_grpc as pb_grpc
+from shopmesh.customer.v1.customer_service_pb2 import Customer
+from shopmesh.db import Database
+from shopmesh.errors import InvalidArgument, NotFound
+from shopmesh.inventory.v1.inventory_service_pb2 import Product
+from shopmesh.money import format_cents, parse_cents
+from shopmesh.resources import new_id, page
+from shopmesh.server import Service
+from shopmesh.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def to_message(row: BillRow) -> pb.Bill:
+    billing_date = Timestamp()
+    billing_date.FromDatetime(row.billing_date.replace(tzinfo=UTC))
+    return pb.Bill(
+        id=row.id,
+        billing_date=billing_date,
+        customer_id=row.customer_id,
+        customer=Customer(id=row.customer_id, name=row.customer_name, email=row.customer_email),
+        items=[
+            pb.BillItem(
+                product_id=item.product_id,
+                product=Product(id=item.product_id, name=item.product_name, price=format_cents(item.unit_price_cents)),
+                quantity=item.quantity,
+                unit_price=format_cents(item.unit_price_cents),
+                amount=format_cents(item.amount_cents),
+            )
+            for item in row.items
+        ],
+        total=format_cents(row.total_cents),
+    )
+
+
+def bill_lines(request: pb.CreateBillRequest) -> list[tuple[str, int]]:
+    """The validated (product_id, quantity) lines of a CreateBill request."""
+    if not request.customer_id:
+        raise InvalidArgument("customer_id", "must not be empty")
+    if not request.items:
+        raise InvalidArgument("items", "must hold at least one item")
+    seen: dict[str, int] = {}
+    for index, item in enumerate(request.items):
+        if not item.product_id:
+            raise InvalidArgument(f"items[{index}].product_id", "must not be empty")
+        if item.quantity < 1:
+            raise InvalidArgument(f"items[{index}].quantity", f"must be at least 1, got {item.quantity}")
+        if item.product_id in seen:
+            raise InvalidArgument(f"items[{index}].product_id", f"repeats items[{seen[item.product_id]}]")
+        seen[item.product_id] = index
+    return [(item.product_id, item.quantity) for item in request.items]
+
+
+def new_bill(bill_id: str, customer: Customer, lines: list[tuple[str, int]], products: list[Product]) -> BillRow:
+    """The bill at the prices the inventory reserved at; amounts and total in integer cents."""
+    items = []
+    for position, ((product_id, quantity), product) in enumerate(zip(lines, products, strict=True)):
+        unit = parse_cents(product.price, f"items[{position}].unit_price")
+        items.append(BillItemRow(position=position, product_id=product_id, product_name=product.name,
+                                 quantity=quantity, unit_price_cents=unit, amount_cents=unit * quantity))
+    return BillRow(
+        id=bill_id, billing_date=datetime.now(UTC).replace(tzinfo=None), customer_id=customer.id,
+        customer_name=customer.name, customer_email=customer.email,
+        total_cents=sum(item.amount_cents for item in items), items=items,
+    )
+
+
+class BillingService(pb_grpc.BillingServiceServicer):
+    def __init__(self, db: Database, customers: Customers, inventory: Inventory) -> None:
+        self.db = db
+        self.customers = customers
+        self.inventory = inventory
+
+    async def ListBills(self, request: pb.ListBillsRequest, context) -> pb.ListBillsResponse:
+        def work(session: Session) -> pb.ListBillsResponse:
+            query = select(BillRow)
+            if request.customer_id:
+                query = query.where(BillRow.customer_id == request.customer_id)
+            rows, token = page(session, query, BillRow.seq, request.page_size, request.page_token,
+                               descending=True, key_type=int)
+            return pb.ListBillsResponse(bills=map(to_message, rows), next_page_token=token)
+
+        return await self.db.run(work)
+
+    async def GetBill(self, request: pb.GetBillRequest, context) -> pb.GetBillResponse:
+        if not request.id:
+            raise InvalidArgument("id", "must not be empty")
+
+        def work(session: Session) -> pb.GetBillResponse:
+            row = session.scalar(select(BillRow).where(BillRow.id == request.id))
+            if row is None:
+                raise NotFound(f"bill {request.id!r} not found")
+            return pb.GetBillResponse(bill=to_message(row))
+
+        return await self.db.run(work)
+
+    async def CreateBill(self, request: pb.CreateBillRequest, context) -> pb.CreateBillResponse:
+        lines = bill_lines(request)
+        customer = await self.customers.get(request.customer_id)
+        bill_id = new_id()
+        products = await self.inventory.reserve(bill_id, lines)
+        try:
+            row = new_bill(bill_id, customer, lines, products)
+
+            def store(session: Session) -> pb.CreateBillResponse:
+                session.add(row)
+                session.flush()
+                return pb.CreateBillResponse(bill=to_message(row))
+
+            return await self.db.run(store)
+        except BaseException:
+            log.warning("bill %s not stored; giving its stock back", bill_id)
+            await self.inventory.release(bill_id)
+            raise
+
+
+def seed(session: Session) -> None:
+    """Two bills of the original's customers and products, at the seeded prices (no stock is taken)."""
+    if session.scalar(select(func.count()).select_from(BillRow)):
+        return
+    (c1, name1, email1), (c2, name2, email2), _ = CUSTOMERS
+    (p1, pname1, cents1, _), (p2, pname2, cents2, _), (p3, pname3, cents3, _) = PRODUCTS
+    for bill_id, (customer_id, name, email), lines in [
+        ("seed-bill-1", (c1, name1, email1), [(p1, pname1, cents1, 1), (p2, pname2, cents2, 2)]),
+        ("seed-bill-2", (c2, name2, email2), [(p3, pname3, cents3, 1)]),
+    ]:
+        items = [
+            BillItemRow(position=position, product_id=pid, product_name=pname, quantity=quantity,
+                        unit_price_cents=cents, amount_cents=cents * quantity)
+            for position, (pid, pname, cents, quantity) in enumerate(lines)
+        ]
+        session.add(BillRow(id=bill_id, billing_date=datetime.now(UTC).replace(tzinfo=None), customer_id=customer_id,
+                            customer_name=name, customer_email=email,
+                            total_cents=sum(item.amount_cents for item in items), items=items))
+
+
+async def attach(server: grpc.aio.Server, settings: Settings):
+    db = Database(settings.database_url("billing"), Base.metadata)
+    await db.seed(seed)
+    customers, inventory = Customers(settings), Inventory(settings)
+    customers.start()
+    inventory.start()
+    pb_grpc.add_BillingServiceServicer_to_server(BillingService(db, customers, inventory), server)
+
+    async def close() -> None:
+        await customers.close()
+        await inventory.close()
+
+    return close
+
+
+SERVICE = Service("billing", pb.DESCRIPTOR.services_by_name["BillingService"].full_name, attach)

@@ -1,0 +1,1 @@
+"""The customer service: who bills are made out to."""

@@ -1,0 +1,119 @@
+from __future__ import annotations
+
+import grpc
+from email_validator import EmailNotValidError, validate_email
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from services.customer.models import Base, CustomerRow
+from services.customer.seed import CUSTOMERS
+from shopmesh.customer.v1 import customer_service_pb2 as pb
+from shopmesh.customer.v1 import customer_service_pb2_grpc as pb_grpc
+from shopmesh.db import Database
+from shopmesh.errors import AlreadyExists, InvalidArgument, NotFound
+from shopmesh.resources import fields_to_update, new_id, page
+from shopmesh.server import Service
+from shopmesh.settings import Settings
+
+UPDATABLE = ("name", "email")
+
+
+def to_message(row: CustomerRow) -> pb.Customer:
+    return pb.Customer(id=row.id, name=row.name, email=row.email)
+
+
+def clean_name(name: str) -> str:
+    if not name.strip():
+        raise InvalidArgument("customer.name", "must not be empty")
+    if len(name) > 200:
+        raise InvalidArgument("customer.name", "must be at most 200 characters")
+    return name.strip()
+
+
+def clean_email(email: str) -> str:
+    try:
+        return validate_email(email.strip(), check_deliverability=False).normalized
+    except EmailNotValidError as error:
+        raise InvalidArgument("customer.email", f"{email!r} is not a valid email address: {error}") from None
+
+
+def _get(session: Session, customer_id: str) -> CustomerRow:
+    if not customer_id:
+        raise InvalidArgument("id", "must not be empty")
+    row = session.get(CustomerRow, customer_id)
+    if row is None:
+        raise NotFound(f"customer {customer_id!r} not found")
+    return row
+
+
+def _flush_unique_email(session: Session, email: str) -> None:
+    try:
+        session.flush()
+    except IntegrityError:
+        raise AlreadyExists(f"customer.email: {email!r} already belongs to another customer") from None
+
+
+class CustomerService(pb_grpc.CustomerServiceServicer):
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    async def ListCustomers(self, request: pb.ListCustomersRequest, context) -> pb.ListCustomersResponse:
+        def work(session: Session) -> pb.ListCustomersResponse:
+            rows, token = page(session, select(CustomerRow), CustomerRow.id, request.page_size, request.page_token)
+            return pb.ListCustomersResponse(customers=map(to_message, rows), next_page_token=token)
+
+        return await self.db.run(work)
+
+    async def GetCustomer(self, request: pb.GetCustomerRequest, context) -> pb.GetCustomerResponse:
+        return await self.db.run(lambda session: pb.GetCustomerResponse(customer=to_message(_get(session, request.id))))
+
+    async def CreateCustomer(self, request: pb.CreateCustomerRequest, context) -> pb.CreateCustomerResponse:
+        name = clean_name(request.customer.name)
+        email = clean_email(request.customer.email)
+
+        def work(session: Session) -> pb.CreateCustomerResponse:
+            row = CustomerRow(id=new_id(), name=name, email=email)
+            session.add(row)
+            _flush_unique_email(session, email)
+            return pb.CreateCustomerResponse(customer=to_message(row))
+
+        return await self.db.run(work)
+
+    async def UpdateCustomer(self, request: pb.UpdateCustomerRequest, context) -> pb.UpdateCustomerResponse:
+        fields = fields_to_update(request.customer, request.update_mask, UPDATABLE)
+        changes = {}
+        if "name" in fields:
+            changes["name"] = clean_name(request.customer.name)
+        if "email" in fields:
+            changes["email"] = clean_email(request.customer.email)
+
+        def work(session: Session) -> pb.UpdateCustomerResponse:
+            row = _get(session, request.customer.id)
+            for field, value in changes.items():
+                setattr(row, field, value)
+            _flush_unique_email(session, changes.get("email", ""))
+            return pb.UpdateCustomerResponse(customer=to_message(row))
+
+        return await self.db.run(work)
+
+    async def DeleteCustomer(self, request: pb.DeleteCustomerRequest, context) -> pb.DeleteCustomerResponse:
+        def work(session: Session) -> pb.DeleteCustomerResponse:
+            session.delete(_get(session, request.id))
+            return pb.DeleteCustomerResponse()
+
+        return await self.db.run(work)
+
+
+def seed(session: Session) -> None:
+    if session.scalar(select(func.count()).select_from(CustomerRow)) == 0:
+        session.add_all(CustomerRow(id=id_, name=name, email=email) for id_, name, email in CUSTOMERS)
+
+
+async def attach(server: grpc.aio.Server, settings: Settings) -> None:
+    db = Database(settings.database_url("customer"), Base.metadata)
+    await db.seed(seed)
+    pb_grpc.add_CustomerServiceServicer_to_server(CustomerService(db), server)
+
+
+SERVICE = Service("customer", pb.DESCRIPTOR.services_by_name["CustomerService"].full_name, attach)

@@ -1,0 +1,1 @@
+"""The inventory service: products on sale, their prices and their stock."""

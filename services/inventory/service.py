@@ -1,0 +1,172 @@
+from __future__ import annotations
+
+import grpc
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
+
+from services.inventory.models import Base, ProductRow, ReservationLineRow
+from services.inventory.seed import PRODUCTS
+from shopmesh.db import Database
+from shopmesh.errors import FailedPrecondition, InvalidArgument, NotFound
+from shopmesh.inventory.v1 import inventory_service_pb2 as pb
+from shopmesh.inventory.v1 import inventory_service_pb2_grpc as pb_grpc
+from shopmesh.money import format_cents, parse_cents
+from shopmesh.resources import fields_to_update, new_id, page
+from shopmesh.server import Service
+from shopmesh.settings import Settings
+
+UPDATABLE = ("name", "price", "quantity")
+
+
+def to_message(row: ProductRow) -> pb.Product:
+    return pb.Product(id=row.id, name=row.name, price=format_cents(row.price_cents), quantity=row.quantity)
+
+
+def clean(product: pb.Product, fields: tuple[str, ...] | list[str]) -> dict:
+    """The validated column values of the named fields."""
+    values = {}
+    if "name" in fields:
+        if not product.name.strip():
+            raise InvalidArgument("product.name", "must not be empty")
+        values["name"] = product.name.strip()
+    if "price" in fields:
+        if not product.HasField("price"):
+            raise InvalidArgument("product.price", "is required, as a decimal string such as \"12.50\"")
+        values["price_cents"] = parse_cents(product.price, "product.price")
+    if "quantity" in fields:
+        if product.quantity < 0:
+            raise InvalidArgument("product.quantity", f"must not be negative, got {product.quantity}")
+        values["quantity"] = product.quantity
+    return values
+
+
+def _get(session: Session, product_id: str, field: str = "id") -> ProductRow:
+    if not product_id:
+        raise InvalidArgument(field, "must not be empty")
+    row = session.get(ProductRow, product_id)
+    if row is None:
+        raise NotFound(f"{field}: product {product_id!r} not found")
+    return row
+
+
+def _check_lines(request: pb.ReserveStockRequest) -> None:
+    if not request.reservation_id:
+        raise InvalidArgument("reservation_id", "must not be empty")
+    if not request.lines:
+        raise InvalidArgument("lines", "must not be empty")
+    seen: dict[str, int] = {}
+    for index, line in enumerate(request.lines):
+        if not line.product_id:
+            raise InvalidArgument(f"lines[{index}].product_id", "must not be empty")
+        if line.quantity < 1:
+            raise InvalidArgument(f"lines[{index}].quantity", f"must be at least 1, got {line.quantity}")
+        if line.product_id in seen:
+            raise InvalidArgument(f"lines[{index}].product_id", f"repeats lines[{seen[line.product_id]}]")
+        seen[line.product_id] = index
+
+
+def _reservation(session: Session, reservation_id: str) -> list[ReservationLineRow]:
+    query = select(ReservationLineRow).where(ReservationLineRow.reservation_id == reservation_id)
+    return list(session.scalars(query.order_by(ReservationLineRow.position)))
+
+
+class InventoryService(pb_grpc.InventoryServiceServicer):
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    async def ListProducts(self, request: pb.ListProductsRequest, context) -> pb.ListProductsResponse:
+        def work(session: Session) -> pb.ListProductsResponse:
+            rows, token = page(session, select(ProductRow), ProductRow.id, request.page_size, request.page_token)
+            return pb.ListProductsResponse(products=map(to_message, rows), next_page_token=token)
+
+        return await self.db.run(work)
+
+    async def GetProduct(self, request: pb.GetProductRequest, context) -> pb.GetProductResponse:
+        return await self.db.run(lambda session: pb.GetProductResponse(product=to_message(_get(session, request.id))))
+
+    async def CreateProduct(self, request: pb.CreateProductRequest, context) -> pb.CreateProductResponse:
+        values = clean(request.product, UPDATABLE)
+
+        def work(session: Session) -> pb.CreateProductResponse:
+            row = ProductRow(id=new_id(), **values)
+            session.add(row)
+            return pb.CreateProductResponse(product=to_message(row))
+
+        return await self.db.run(work)
+
+    async def UpdateProduct(self, request: pb.UpdateProductRequest, context) -> pb.UpdateProductResponse:
+        values = clean(request.product, fields_to_update(request.product, request.update_mask, UPDATABLE))
+
+        def work(session: Session) -> pb.UpdateProductResponse:
+            row = _get(session, request.product.id, "product.id")
+            for column, value in values.items():
+                setattr(row, column, value)
+            return pb.UpdateProductResponse(product=to_message(row))
+
+        return await self.db.run(work)
+
+    async def DeleteProduct(self, request: pb.DeleteProductRequest, context) -> pb.DeleteProductResponse:
+        def work(session: Session) -> pb.DeleteProductResponse:
+            session.delete(_get(session, request.id))
+            return pb.DeleteProductResponse()
+
+        return await self.db.run(work)
+
+    async def ReserveStock(self, request: pb.ReserveStockRequest, context) -> pb.ReserveStockResponse:
+        _check_lines(request)
+
+        def work(session: Session) -> pb.ReserveStockResponse:
+            if not _reservation(session, request.reservation_id):
+                for index, line in enumerate(request.lines):
+                    # One conditional UPDATE per line: the stock can never go below zero, even under races.
+                    taken = session.execute(
+                        update(ProductRow)
+                        .where(ProductRow.id == line.product_id, ProductRow.quantity >= line.quantity)
+                        .values(quantity=ProductRow.quantity - line.quantity)
+                    ).rowcount
+                    if not taken:
+                        row = _get(session, line.product_id, f"lines[{index}].product_id")
+                        raise FailedPrecondition(
+                            f"lines[{index}].quantity: not enough stock of {row.name!r}: "
+                            f"{line.quantity} asked, {row.quantity} left"
+                        )
+                    session.add(ReservationLineRow(reservation_id=request.reservation_id, product_id=line.product_id,
+                                                   quantity=line.quantity, position=index))
+            session.flush()
+            session.expire_all()
+            lines = _reservation(session, request.reservation_id)
+            return pb.ReserveStockResponse(products=[to_message(session.get(ProductRow, l.product_id)) for l in lines])
+
+        return await self.db.run(work)
+
+    async def ReleaseStock(self, request: pb.ReleaseStockRequest, context) -> pb.ReleaseStockResponse:
+        if not request.reservation_id:
+            raise InvalidArgument("reservation_id", "must not be empty")
+
+        def work(session: Session) -> pb.ReleaseStockResponse:
+            for line in _reservation(session, request.reservation_id):
+                session.execute(
+                    update(ProductRow).where(ProductRow.id == line.product_id)
+                    .values(quantity=ProductRow.quantity + line.quantity)
+                )
+                session.delete(line)
+            return pb.ReleaseStockResponse()
+
+        return await self.db.run(work)
+
+
+def seed(session: Session) -> None:
+    if session.scalar(select(func.count()).select_from(ProductRow)) == 0:
+        session.add_all(
+            ProductRow(id=id_, name=name, price_cents=cents, quantity=quantity)
+            for id_, name, cents, quantity in PRODUCTS
+        )
+
+
+async def attach(server: grpc.aio.Server, settings: Settings) -> None:
+    db = Database(settings.database_url("inventory"), Base.metadata)
+    await db.seed(seed)
+    pb_grpc.add_InventoryServiceServicer_to_server(InventoryService(db), server)
+
+
+SERVICE = Service("inventory", pb.DESCRIPTOR.services_by_name["InventoryService"].full_name, attach)

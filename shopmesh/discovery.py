@@ -1,0 +1,128 @@
+"""Consul for the services: each instance registers itself with a gRPC health check, and callers find the
+passing instances of another service through a blocking-query watch, round-robin across them."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+
+import consul
+import consul.aio
+import grpc
+
+from shopmesh.errors import Unavailable
+from shopmesh.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def _client(settings: Settings) -> consul.aio.Consul:
+    return consul.aio.Consul(host=settings.host, port=settings.consul_http_port)
+
+
+class Registration:
+    """One instance of a service in Consul's catalog, under a unique id."""
+
+    def __init__(self, settings: Settings, service: str, port: int, tags: tuple[str, ...] = ("grpc",)) -> None:
+        self.settings = settings
+        self.service = service
+        self.port = port
+        self.tags = list(tags)
+        self.service_id = f"{service}-{settings.host}-{port}"
+
+    async def register(self) -> None:
+        address = f"{self.settings.host}:{self.port}"
+        check = consul.Check.grpc(
+            address, self.settings.consul_check_interval, deregister=self.settings.consul_deregister_after
+        )
+        client = _client(self.settings)
+        try:
+            # replace_existing_checks: a restarted instance re-registers cleanly under the same id.
+            await client.agent.service.register(
+                self.service, service_id=self.service_id, address=self.settings.host, port=self.port,
+                tags=self.tags, check=check, replace_existing_checks=True,
+            )
+        finally:
+            await client.close()
+        log.info("registered %s in Consul as %s (%s)", self.service, self.service_id, address)
+
+    async def deregister(self) -> None:
+        client = _client(self.settings)
+        try:
+            await client.agent.service.deregister(self.service_id)
+            log.info("deregistered %s from Consul", self.service_id)
+        except Exception as error:  # noqa: BLE001 - shutting down: Consul may be gone already
+            log.warning("could not deregister %s: %s", self.service_id, error)
+        finally:
+            await client.close()
+
+
+class Endpoints:
+    """The passing instances of one service, kept current by a Consul blocking query."""
+
+    def __init__(self, settings: Settings, service: str) -> None:
+        self.settings = settings
+        self.service = service
+        self.addresses: tuple[str, ...] = ()
+        self._turn = itertools.count()
+        self._known = asyncio.Event()
+        self._task: asyncio.Task | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._watch(), name=f"watch {self.service}")
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    async def _watch(self) -> None:
+        client = _client(self.settings)
+        index = None
+        try:
+            while True:
+                try:
+                    index, entries = await client.health.service(self.service, index=index, wait="30s", passing=True)
+                except Exception as error:  # noqa: BLE001 - any failure: keep the last set, retry
+                    log.warning("watching %s in Consul failed (%s); retrying", self.service, error)
+                    index = None
+                    await asyncio.sleep(1)
+                    continue
+                addresses = tuple(sorted(
+                    f"{entry['Service']['Address'] or entry['Node']['Address']}:{entry['Service']['Port']}"
+                    for entry in entries
+                ))
+                if addresses != self.addresses:
+                    log.info("%s instances: %s", self.service, ", ".join(addresses) or "none")
+                self.addresses = addresses
+                self._known.set()
+        finally:
+            await client.close()
+
+    async def next_address(self, wait: float = 5.0) -> str:
+        """The next passing instance, round-robin; UNAVAILABLE when Consul knows none."""
+        try:
+            await asyncio.wait_for(self._known.wait(), wait)
+        except TimeoutError:
+            raise Unavailable(f"{self.service}: Consul did not answer within {wait:.0f} s") from None
+        addresses = self.addresses
+        if not addresses:
+            raise Unavailable(f"{self.service}: no healthy instance is registered in Consul")
+        return addresses[next(self._turn) % len(addresses)]
+
+
+class Channels:
+    """One gRPC channel per address, reused across calls and closed together."""
+
+    def __init__(self) -> None:
+        self._channels: dict[str, grpc.aio.Channel] = {}
+
+    def get(self, address: str) -> grpc.aio.Channel:
+        if address not in self._channels:
+            self._channels[address] = grpc.aio.insecure_channel(address)
+        return self._channels[address]
+
+    async def close(self) -> None:
+        await asyncio.gather(*(channel.close() for channel in self._channels.values()))
+        self._channels.clear()

@@ -1,0 +1,90 @@
+"""Domain errors and their gRPC status: every handler raises these, one interceptor turns them into codes.
+
+Anything else that escapes a handler is logged with its trace and answered INTERNAL with no detail, so a
+client never sees a stack trace.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+
+import grpc
+from grpc.aio import ServerInterceptor
+
+log = logging.getLogger(__name__)
+access = logging.getLogger("shopmesh.access")
+
+
+class ServiceError(Exception):
+    code = grpc.StatusCode.UNKNOWN
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidArgument(ServiceError):
+    """A field of the request is wrong; the message starts with the field's name."""
+
+    code = grpc.StatusCode.INVALID_ARGUMENT
+
+    def __init__(self, field: str, problem: str) -> None:
+        super().__init__(f"{field}: {problem}")
+        self.field = field
+
+
+class NotFound(ServiceError):
+    code = grpc.StatusCode.NOT_FOUND
+
+
+class AlreadyExists(ServiceError):
+    code = grpc.StatusCode.ALREADY_EXISTS
+
+
+class FailedPrecondition(ServiceError):
+    code = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class Unavailable(ServiceError):
+    code = grpc.StatusCode.UNAVAILABLE
+
+
+class ErrorMapping(ServerInterceptor):
+    """Maps ServiceError to its status and anything unexpected to INTERNAL, for unary-unary handlers, and
+    writes one access-log line per call (method, status, milliseconds)."""
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(details)
+        if handler is None or handler.unary_unary is None:
+            return handler
+        behaviour = handler.unary_unary
+
+        async def mapped(request, context: grpc.aio.ServicerContext):
+            started = time.perf_counter()
+            code = grpc.StatusCode.OK
+            try:
+                return await behaviour(request, context)
+            except ServiceError as error:
+                code = error.code
+                await context.abort(error.code, error.message)
+            except grpc.aio.AbortError:
+                code = context.code() or grpc.StatusCode.UNKNOWN
+                raise
+            except Exception:
+                code = grpc.StatusCode.INTERNAL
+                log.exception("unexpected error in %s", details.method)
+                await context.abort(grpc.StatusCode.INTERNAL, "internal error; the service logged the details")
+            finally:
+                access.info("%s %s %.1f ms", details.method, code.name, (time.perf_counter() - started) * 1000)
+
+        return grpc.unary_unary_rpc_method_handler(
+            mapped,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )

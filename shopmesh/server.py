@@ -1,0 +1,75 @@
+"""What every service process does alike: a grpc.aio server with health and reflection, error mapping,
+registration in Consul, and a graceful stop on SIGTERM or SIGINT."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1.health import aio as health_aio
+from grpc_reflection.v1alpha import reflection
+
+from shopmesh.discovery import Registration
+from shopmesh.errors import ErrorMapping
+from shopmesh.settings import Settings, load
+
+log = logging.getLogger(__name__)
+
+#: Attaches a service's servicer to the server and returns what to close on shutdown (or None).
+Attach = Callable[[grpc.aio.Server, Settings], Awaitable[Callable[[], Awaitable[None]] | None]]
+
+
+@dataclass(frozen=True)
+class Service:
+    """A service as the runtime sees it."""
+
+    name: str  # short name used in settings: customer, inventory, billing
+    full_name: str  # gRPC service name, e.g. shopmesh.customer.v1.CustomerService
+    attach: Attach
+
+    @property
+    def consul_name(self) -> str:
+        return f"{self.name}-service"
+
+
+async def serve(service: Service, settings: Settings) -> None:
+    server = grpc.aio.server(interceptors=[ErrorMapping()])
+    close = await service.attach(server, settings)
+    health = health_aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    reflection.enable_server_reflection(
+        [service.full_name, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME],
+        server,
+    )
+    port = server.add_insecure_port(f"{settings.host}:{settings.service_port(service.name)}")
+    await server.start()
+    for name in ("", service.full_name):
+        await health.set(name, health_pb2.HealthCheckResponse.SERVING)
+    log.info("%s serving on %s:%d", service.full_name, settings.host, port)
+
+    registration = Registration(settings, service.consul_name, port)
+    await registration.register()
+
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stopping.set)
+    await stopping.wait()
+
+    log.info("stopping %s", service.consul_name)
+    await registration.deregister()
+    await health.enter_graceful_shutdown()
+    await server.stop(grace=5)
+    if close is not None:
+        await close()
+    log.info("stopped")
+
+
+def main(service: Service) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    asyncio.run(serve(service, load()))
