@@ -73,3 +73,17 @@ def grpc_serving(settings: Settings, port: int) -> str | None:
             return f"gRPC health check failed: {error.code().name}"
     status = health_pb2.HealthCheckResponse.ServingStatus.Name(answer.status)
     return None if status == "SERVING" else f"gRPC health is {status}"
+
+
+def service_instance(settings: Settings, consul_name: str, port: int) -> str | None:
+    """Healthy once the instance serves gRPC health and Consul's own check of it passes (so it takes traffic)."""
+    if problem := grpc_serving(settings, port):
+        return problem
+    service_id = f"{consul_name}-{settings.host}-{port}"
+    try:
+        checks = httpx.get(f"{settings.consul_url}/v1/agent/checks", timeout=_TIMEOUT,
+                           params={"filter": f'ServiceID == "{service_id}"'}).json()
+    except httpx.HTTPError as error:
+        return f"Consul not answering: {error}"
+    statuses = {check["Status"] for check in checks.values()}
+    return None if statuses == {"passing"} else f"Consul check of {service_id}: {', '.join(statuses) or 'none yet'}"

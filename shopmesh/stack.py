@@ -103,7 +103,7 @@ def _service(settings: Settings, name: str, instance: int, port: int) -> Program
         ProgramSpec(program, [sys.executable, "-m", f"services.{name}"], {"SHOPMESH_INSTANCE_PORT": str(port)},
                     stop_seconds=15),
         ports={f"{consul_name} gRPC": port},
-        probe=lambda settings: health.grpc_serving(settings, port),
+        probe=lambda settings: health.service_instance(settings, consul_name, port),
         requires=requires,
         deadline=30,
         url=f"grpc://{settings.host}:{port}",
