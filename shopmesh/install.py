@@ -7,6 +7,7 @@ keeps two checkouts from building the same component at once.
 
 from __future__ import annotations
 
+import glob
 import os
 import re
 import shutil
@@ -309,9 +310,11 @@ def java_for(component: str) -> str:
 DEBIAN_TOOLS = {"java": "openjdk-17-jdk-headless", "mvn": "maven"}
 
 
-def ensure_tools() -> None:
-    """Install the Debian packages of missing tools when running as root on Debian; otherwise name them."""
-    missing = {tool: package for tool, package in DEBIAN_TOOLS.items() if not shutil.which(tool)}
+def ensure_tools(tools: dict[str, str] = DEBIAN_TOOLS) -> None:
+    """Install the Debian packages of missing tools when running as root on Debian; otherwise name them.
+
+    tools maps a command (or an absolute path pattern) to the package that brings it."""
+    missing = {tool: package for tool, package in tools.items() if not (shutil.which(tool) or glob.glob(tool))}
     if not missing:
         return
     packages = sorted(set(missing.values()))
