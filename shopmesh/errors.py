@@ -83,6 +83,9 @@ class ErrorMapping(ServerInterceptor):
             finally:
                 access.info("%s %s %.1f ms", details.method, code.name, (time.perf_counter() - started) * 1000)
 
+        if details.method.startswith("/grpc.health.v1.Health/"):
+            return handler  # Consul checks every 2 s: not worth an access-log line each
+
         return grpc.unary_unary_rpc_method_handler(
             mapped,
             request_deserializer=handler.request_deserializer,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import socket
 
 import grpc
 import httpx
@@ -28,6 +29,10 @@ def consul_leader(settings: Settings) -> str | None:
 def kafka_metadata(settings: Settings) -> str | None:
     """Healthy once the broker answers a metadata request."""
     logging.getLogger("kafka").setLevel(logging.CRITICAL)
+    try:
+        socket.create_connection((settings.host, settings.kafka_port), timeout=1).close()
+    except OSError as error:
+        return f"broker not listening: {error}"
     try:
         admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap, request_timeout_ms=3000)
     except KafkaError as error:

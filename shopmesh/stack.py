@@ -11,7 +11,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -105,7 +105,7 @@ def _service(settings: Settings, name: str, instance: int, port: int) -> Program
         ports={f"{consul_name} gRPC": port},
         probe=lambda settings: health.service_instance(settings, consul_name, port),
         requires=requires,
-        deadline=30,
+        deadline=90,
         url=f"grpc://{settings.host}:{port}",
     )
 
@@ -296,30 +296,38 @@ class BringUp:
     def run(self) -> None:
         pending = list(self.wanted)
         starting: dict[str, tuple[Program, float]] = {}
-        while pending or starting:
-            for program in [p for p in pending if set(p.requires) <= self.healthy]:
-                pending.remove(program)
-                starting[program.name] = (program, time.monotonic())
-                if self.supervisor.state(program.name) != "RUNNING" or program.probe(self.settings):
-                    self.report(f"starting {program.name} …")
-                    program.prepare()
-                    self.supervisor.start(program.name)
-            if pending and not starting:
-                blocked = ", ".join(f"{p.name} (needs {', '.join(p.requires)})" for p in pending)
-                raise StackError(f"nothing left to start, yet these wait: {blocked}")
-            time.sleep(self.poll_seconds)
-            # Probes run side by side: one slow to answer (a broker still starting) delays no other.
-            checked = list(starting.values())
-            with ThreadPoolExecutor(max_workers=len(checked) or 1) as pool:
-                problems = list(pool.map(lambda entry: entry[0].probe(self.settings), checked))
-            for (program, started), problem in zip(checked, problems, strict=True):
-                self._check(program, started, problem)
-                if program.name in self.healthy:
-                    del starting[program.name]
+        probing: dict[str, Future] = {}
+        # Probes run side by side and are collected as they finish: a slow one (a broker still starting)
+        # delays no other program's verdict.
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            while pending or starting:
+                for program in [p for p in pending if set(p.requires) <= self.healthy]:
+                    pending.remove(program)
+                    starting[program.name] = (program, time.monotonic())
+                    if self.supervisor.state(program.name) != "RUNNING" or program.probe(self.settings):
+                        self.report(f"starting {program.name} …")
+                        program.prepare()
+                        self.supervisor.start(program.name)
+                if pending and not starting:
+                    blocked = ", ".join(f"{p.name} (needs {', '.join(p.requires)})" for p in pending)
+                    raise StackError(f"nothing left to start, yet these wait: {blocked}")
+                time.sleep(self.poll_seconds)
+                for name, (program, started) in list(starting.items()):
+                    future = probing.get(name)
+                    if future is None:
+                        probing[name] = pool.submit(program.probe, self.settings)
+                        continue
+                    if not future.done():
+                        self._check(program, started, "still answering the last probe", final=False)
+                        continue
+                    del probing[name]
+                    self._check(program, started, future.result())
+                    if name in self.healthy:
+                        del starting[name]
 
-    def _check(self, program: Program, started: float, problem: str | None) -> None:
+    def _check(self, program: Program, started: float, problem: str | None, final: bool = True) -> None:
         """Mark the program healthy, or raise once it has died or run out of time."""
-        if problem is None:
+        if problem is None and final:
             self.healthy.add(program.name)
             self._register(program)
             self.report(f"{program.name} healthy after {time.monotonic() - started:.1f} s")
