@@ -31,6 +31,23 @@ def fields_to_update(resource: Message, mask: FieldMask, allowed: Sequence[str])
     return present
 
 
+def product_lines(lines, field: str) -> list[tuple[str, int]]:
+    """Validated (product_id, quantity) pairs of repeated lines (bill items, stock lines): at least one line,
+    each with a product id and a quantity of 1 or more, each product once."""
+    if not lines:
+        raise InvalidArgument(field, "must hold at least one line")
+    seen: dict[str, int] = {}
+    for index, line in enumerate(lines):
+        if not line.product_id:
+            raise InvalidArgument(f"{field}[{index}].product_id", "must not be empty")
+        if line.quantity < 1:
+            raise InvalidArgument(f"{field}[{index}].quantity", f"must be at least 1, got {line.quantity}")
+        if line.product_id in seen:
+            raise InvalidArgument(f"{field}[{index}].product_id", f"repeats {field}[{seen[line.product_id]}]")
+        seen[line.product_id] = index
+    return [(line.product_id, line.quantity) for line in lines]
+
+
 def page(session: Session, query: Select, key: InstrumentedAttribute, page_size: int, page_token: str,
          descending: bool = False, key_type: type = str) -> tuple[list, str]:
     """One page of query ordered by key, and the token of the next page ('' on the last)."""

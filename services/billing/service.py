@@ -19,7 +19,7 @@ from shopmesh.db import Database
 from shopmesh.errors import InvalidArgument, NotFound
 from shopmesh.inventory.v1.inventory_service_pb2 import Product
 from shopmesh.money import format_cents, parse_cents
-from shopmesh.resources import new_id, page
+from shopmesh.resources import new_id, page, product_lines
 from shopmesh.server import Service
 from shopmesh.settings import Settings
 
@@ -52,18 +52,7 @@ def bill_lines(request: pb.CreateBillRequest) -> list[tuple[str, int]]:
     """The validated (product_id, quantity) lines of a CreateBill request."""
     if not request.customer_id:
         raise InvalidArgument("customer_id", "must not be empty")
-    if not request.items:
-        raise InvalidArgument("items", "must hold at least one item")
-    seen: dict[str, int] = {}
-    for index, item in enumerate(request.items):
-        if not item.product_id:
-            raise InvalidArgument(f"items[{index}].product_id", "must not be empty")
-        if item.quantity < 1:
-            raise InvalidArgument(f"items[{index}].quantity", f"must be at least 1, got {item.quantity}")
-        if item.product_id in seen:
-            raise InvalidArgument(f"items[{index}].product_id", f"repeats items[{seen[item.product_id]}]")
-        seen[item.product_id] = index
-    return [(item.product_id, item.quantity) for item in request.items]
+    return product_lines(request.items, "items")
 
 
 def new_bill(bill_id: str, customer: Customer, lines: list[tuple[str, int]], products: list[Product]) -> BillRow:

@@ -11,7 +11,7 @@ from shopmesh.errors import FailedPrecondition, InvalidArgument, NotFound
 from shopmesh.inventory.v1 import inventory_service_pb2 as pb
 from shopmesh.inventory.v1 import inventory_service_pb2_grpc as pb_grpc
 from shopmesh.money import format_cents, parse_cents
-from shopmesh.resources import fields_to_update, new_id, page
+from shopmesh.resources import fields_to_update, new_id, page, product_lines
 from shopmesh.server import Service
 from shopmesh.settings import Settings
 
@@ -52,17 +52,7 @@ def _get(session: Session, product_id: str, field: str = "id") -> ProductRow:
 def _check_lines(request: pb.ReserveStockRequest) -> None:
     if not request.reservation_id:
         raise InvalidArgument("reservation_id", "must not be empty")
-    if not request.lines:
-        raise InvalidArgument("lines", "must not be empty")
-    seen: dict[str, int] = {}
-    for index, line in enumerate(request.lines):
-        if not line.product_id:
-            raise InvalidArgument(f"lines[{index}].product_id", "must not be empty")
-        if line.quantity < 1:
-            raise InvalidArgument(f"lines[{index}].quantity", f"must be at least 1, got {line.quantity}")
-        if line.product_id in seen:
-            raise InvalidArgument(f"lines[{index}].product_id", f"repeats lines[{seen[line.product_id]}]")
-        seen[line.product_id] = index
+    product_lines(request.lines, "lines")
 
 
 def _reservation(session: Session, reservation_id: str) -> list[ReservationLineRow]:
