@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+from collections.abc import Callable
 
 import consul
 import consul.aio
@@ -61,9 +62,11 @@ class Registration:
 class Endpoints:
     """The passing instances of one service, kept current by a Consul blocking query."""
 
-    def __init__(self, settings: Settings, service: str) -> None:
+    def __init__(self, settings: Settings, service: str,
+                 on_change: Callable[[str, tuple[str, ...]], None] | None = None) -> None:
         self.settings = settings
         self.service = service
+        self.on_change = on_change
         self.addresses: tuple[str, ...] = ()
         self._turn = itertools.count()
         self._known = asyncio.Event()
@@ -93,10 +96,13 @@ class Endpoints:
                     f"{entry['Service']['Address'] or entry['Node']['Address']}:{entry['Service']['Port']}"
                     for entry in entries
                 ))
-                if addresses != self.addresses:
+                changed = addresses != self.addresses or not self._known.is_set()
+                if changed:
                     log.info("%s instances: %s", self.service, ", ".join(addresses) or "none")
                 self.addresses = addresses
                 self._known.set()
+                if changed and self.on_change is not None:
+                    self.on_change(self.service, addresses)
         finally:
             await client.close()
 

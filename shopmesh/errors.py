@@ -11,6 +11,7 @@ import time
 from collections.abc import Awaitable, Callable
 
 import grpc
+from google.rpc import status_pb2
 from grpc.aio import ServerInterceptor
 
 log = logging.getLogger(__name__)
@@ -72,7 +73,10 @@ class ErrorMapping(ServerInterceptor):
                 return await behaviour(request, context)
             except ServiceError as error:
                 code = error.code
-                await context.abort(error.code, error.message)
+                # The google.rpc.Status in the trailers is what Envoy's transcoder turns into a JSON error body.
+                status = status_pb2.Status(code=error.code.value[0], message=error.message)
+                await context.abort(error.code, error.message,
+                                    trailing_metadata=(("grpc-status-details-bin", status.SerializeToString()),))
             except grpc.aio.AbortError:
                 code = context.code() or grpc.StatusCode.UNKNOWN
                 raise

@@ -31,10 +31,10 @@ class Service:
     name: str  # short name used in settings: customer, inventory, billing
     full_name: str  # gRPC service name, e.g. shopmesh.customer.v1.CustomerService
     attach: Attach
+    consul_name: str = ""  # the name it registers under; <name>-service when left empty
 
-    @property
-    def consul_name(self) -> str:
-        return f"{self.name}-service"
+    def registered_as(self) -> str:
+        return self.consul_name or f"{self.name}-service"
 
 
 async def serve(service: Service, settings: Settings) -> None:
@@ -52,7 +52,7 @@ async def serve(service: Service, settings: Settings) -> None:
         await health.set(name, health_pb2.HealthCheckResponse.SERVING)
     log.info("%s serving on %s:%d", service.full_name, settings.host, port)
 
-    registration = Registration(settings, service.consul_name, port)
+    registration = Registration(settings, service.registered_as(), port)
     await registration.register()
 
     stopping = asyncio.Event()
@@ -61,7 +61,7 @@ async def serve(service: Service, settings: Settings) -> None:
         loop.add_signal_handler(signum, stopping.set)
     await stopping.wait()
 
-    log.info("stopping %s", service.consul_name)
+    log.info("stopping %s", service.registered_as())
     await registration.deregister()
     await health.enter_graceful_shutdown()
     await server.stop(grace=5)

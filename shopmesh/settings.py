@@ -40,6 +40,7 @@ class Settings(BaseSettings):
     gateway_port: int = 8080
     envoy_admin_port: int = 9901
 
+    control_plane_port: int = Field(18000, description="The xDS control plane (ADS) Envoy learns endpoints from.")
     customer_service_port: int = 50051
     inventory_service_port: int = 50052
     billing_service_port: int = 50053
@@ -71,7 +72,7 @@ class Settings(BaseSettings):
         """The port this process serves on: the instance override, else the service's first-instance port."""
         if self.instance_port is not None:
             return self.instance_port
-        return getattr(self, f"{service}_service_port")
+        return getattr(self, f"{service}_port" if service == "control_plane" else f"{service}_service_port")
 
     def database_url(self, service: str) -> str:
         return getattr(self, f"{service}_database_url") or f"sqlite:///{self.var_dir / 'data' / service}.db"

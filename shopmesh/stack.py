@@ -50,7 +50,7 @@ SERVICES = ("customer", "inventory", "billing")
 
 def programs(settings: Settings, installed: Installed) -> list[Program]:
     infrastructure = [_consul(settings, installed), _kafka(settings, installed), _keycloak(settings, installed),
-                      _envoy(settings, installed)]
+                      _control_plane(settings), _envoy(settings, installed)]
     services = [
         _service(settings, name, instance, port)
         for name in SERVICES
@@ -93,6 +93,18 @@ def free_port(host: str) -> int:
     with socket.socket() as probe:
         probe.bind((host, 0))
         return probe.getsockname()[1]
+
+
+def _control_plane(settings: Settings) -> Program:
+    port = settings.control_plane_port
+    return Program(
+        ProgramSpec("mesh-control-plane", [sys.executable, "-m", "services.control_plane"], stop_seconds=15),
+        ports={"xDS control plane": port},
+        probe=lambda settings: health.service_instance(settings, "mesh-control-plane", port),
+        requires=("consul",),
+        deadline=90,
+        url=f"grpc://{settings.host}:{port} (ADS)",
+    )
 
 
 def _service(settings: Settings, name: str, instance: int, port: int) -> Program:
@@ -224,7 +236,7 @@ def _envoy(settings: Settings, installed: Installed) -> Program:
         bootstrap.parent.mkdir(parents=True, exist_ok=True)
         bootstrap.write_text(template.substitute(
             host=settings.host, gateway_port=settings.gateway_port, admin_port=settings.envoy_admin_port,
-            log_dir=settings.log_dir,
+            control_plane_port=settings.control_plane_port, descriptor_set=codegen.DESCRIPTOR_SET,
         ))
 
     argv = [str(installed.envoy / "bin" / "envoy"), "-c", str(bootstrap), "--disable-hot-restart",
@@ -234,7 +246,7 @@ def _envoy(settings: Settings, installed: Installed) -> Program:
         ProgramSpec("envoy", argv, stop_seconds=15),
         ports={"gateway": settings.gateway_port, "Envoy admin": settings.envoy_admin_port},
         probe=health.envoy_ready,
-        requires=("consul",),
+        requires=("consul", "mesh-control-plane"),
         deadline=60,
         prepare=render_bootstrap,
         register=lambda agent: agent.agent.service.register(

@@ -86,19 +86,19 @@ class BillingService(pb_grpc.BillingServiceServicer):
 
         return await self.db.run(work)
 
-    async def GetBill(self, request: pb.GetBillRequest, context) -> pb.GetBillResponse:
+    async def GetBill(self, request: pb.GetBillRequest, context) -> pb.Bill:
         if not request.id:
             raise InvalidArgument("id", "must not be empty")
 
-        def work(session: Session) -> pb.GetBillResponse:
+        def work(session: Session) -> pb.Bill:
             row = session.scalar(select(BillRow).where(BillRow.id == request.id))
             if row is None:
                 raise NotFound(f"bill {request.id!r} not found")
-            return pb.GetBillResponse(bill=to_message(row))
+            return to_message(row)
 
         return await self.db.run(work)
 
-    async def CreateBill(self, request: pb.CreateBillRequest, context) -> pb.CreateBillResponse:
+    async def CreateBill(self, request: pb.CreateBillRequest, context) -> pb.Bill:
         lines = bill_lines(request)
         customer = await self.customers.get(request.customer_id)
         bill_id = new_id()
@@ -106,10 +106,10 @@ class BillingService(pb_grpc.BillingServiceServicer):
         try:
             row = new_bill(bill_id, customer, lines, products)
 
-            def store(session: Session) -> pb.CreateBillResponse:
+            def store(session: Session) -> pb.Bill:
                 session.add(row)
                 session.flush()
-                return pb.CreateBillResponse(bill=to_message(row))
+                return to_message(row)
 
             return await self.db.run(store)
         except BaseException:

@@ -75,10 +75,9 @@ class Customers(Upstream):
 
     async def get(self, customer_id: str) -> customer_pb.Customer:
         try:
-            response = await self.call("GetCustomer", customer_pb.GetCustomerRequest(id=customer_id))
+            return await self.call("GetCustomer", customer_pb.GetCustomerRequest(id=customer_id))
         except NotFound:
             raise NotFound(f"customer_id: customer {customer_id!r} not found") from None
-        return response.customer
 
 
 class Inventory(Upstream):

@@ -65,22 +65,22 @@ class CustomerService(pb_grpc.CustomerServiceServicer):
 
         return await self.db.run(work)
 
-    async def GetCustomer(self, request: pb.GetCustomerRequest, context) -> pb.GetCustomerResponse:
-        return await self.db.run(lambda session: pb.GetCustomerResponse(customer=to_message(_get(session, request.id))))
+    async def GetCustomer(self, request: pb.GetCustomerRequest, context) -> pb.Customer:
+        return await self.db.run(lambda session: to_message(_get(session, request.id)))
 
-    async def CreateCustomer(self, request: pb.CreateCustomerRequest, context) -> pb.CreateCustomerResponse:
+    async def CreateCustomer(self, request: pb.CreateCustomerRequest, context) -> pb.Customer:
         name = clean_name(request.customer.name)
         email = clean_email(request.customer.email)
 
-        def work(session: Session) -> pb.CreateCustomerResponse:
+        def work(session: Session) -> pb.Customer:
             row = CustomerRow(id=new_id(), name=name, email=email)
             session.add(row)
             _flush_unique_email(session, email)
-            return pb.CreateCustomerResponse(customer=to_message(row))
+            return to_message(row)
 
         return await self.db.run(work)
 
-    async def UpdateCustomer(self, request: pb.UpdateCustomerRequest, context) -> pb.UpdateCustomerResponse:
+    async def UpdateCustomer(self, request: pb.UpdateCustomerRequest, context) -> pb.Customer:
         fields = fields_to_update(request.customer, request.update_mask, UPDATABLE)
         changes = {}
         if "name" in fields:
@@ -88,12 +88,12 @@ class CustomerService(pb_grpc.CustomerServiceServicer):
         if "email" in fields:
             changes["email"] = clean_email(request.customer.email)
 
-        def work(session: Session) -> pb.UpdateCustomerResponse:
+        def work(session: Session) -> pb.Customer:
             row = _get(session, request.customer.id)
             for field, value in changes.items():
                 setattr(row, field, value)
             _flush_unique_email(session, changes.get("email", ""))
-            return pb.UpdateCustomerResponse(customer=to_message(row))
+            return to_message(row)
 
         return await self.db.run(work)
 

@@ -71,27 +71,27 @@ class InventoryService(pb_grpc.InventoryServiceServicer):
 
         return await self.db.run(work)
 
-    async def GetProduct(self, request: pb.GetProductRequest, context) -> pb.GetProductResponse:
-        return await self.db.run(lambda session: pb.GetProductResponse(product=to_message(_get(session, request.id))))
+    async def GetProduct(self, request: pb.GetProductRequest, context) -> pb.Product:
+        return await self.db.run(lambda session: to_message(_get(session, request.id)))
 
-    async def CreateProduct(self, request: pb.CreateProductRequest, context) -> pb.CreateProductResponse:
+    async def CreateProduct(self, request: pb.CreateProductRequest, context) -> pb.Product:
         values = clean(request.product, UPDATABLE)
 
-        def work(session: Session) -> pb.CreateProductResponse:
+        def work(session: Session) -> pb.Product:
             row = ProductRow(id=new_id(), **values)
             session.add(row)
-            return pb.CreateProductResponse(product=to_message(row))
+            return to_message(row)
 
         return await self.db.run(work)
 
-    async def UpdateProduct(self, request: pb.UpdateProductRequest, context) -> pb.UpdateProductResponse:
+    async def UpdateProduct(self, request: pb.UpdateProductRequest, context) -> pb.Product:
         values = clean(request.product, fields_to_update(request.product, request.update_mask, UPDATABLE))
 
-        def work(session: Session) -> pb.UpdateProductResponse:
+        def work(session: Session) -> pb.Product:
             row = _get(session, request.product.id, "product.id")
             for column, value in values.items():
                 setattr(row, column, value)
-            return pb.UpdateProductResponse(product=to_message(row))
+            return to_message(row)
 
         return await self.db.run(work)
 

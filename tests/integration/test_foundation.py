@@ -101,7 +101,8 @@ def test_status_reports_every_part_healthy(mesh):
     assert status.returncode == 0, status.stdout + status.stderr
     lines = [line for line in status.stdout.splitlines() if line.strip()]
     assert [line.split()[0] for line in lines] == [
-        "consul", "kafka", "keycloak", "envoy", "customer-service", "inventory-service", "billing-service"]
+        "consul", "kafka", "keycloak", "mesh-control-plane", "envoy", "customer-service", "inventory-service",
+        "billing-service"]
     assert all(" healthy " in line for line in lines), status.stdout
 
 
@@ -132,7 +133,8 @@ def _free_port() -> int:
 
 def _isolated_env(tmp_path, **overrides: str) -> dict[str, str]:
     ports = ["consul_http", "consul_dns", "consul_server", "consul_serf_lan", "kafka", "kafka_controller",
-             "keycloak", "gateway", "envoy_admin", "customer_service", "inventory_service", "billing_service"]
+             "keycloak", "gateway", "envoy_admin", "control_plane", "customer_service", "inventory_service",
+             "billing_service"]
     env = {**os.environ, "SHOPMESH_VAR_DIR": str(tmp_path / "var")}
     env.update({f"SHOPMESH_{name.upper()}_PORT": str(_free_port()) for name in ports})
     env.update(overrides)

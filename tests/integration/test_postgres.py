@@ -86,7 +86,7 @@ def test_customers_are_stored_in_postgresql(service_on_postgres, postgres_url):
     stub = customer_grpc.CustomerServiceStub(service_on_postgres("customer"))
     email = f"{uuid.uuid4().hex[:10]}@example.com"
     created = stub.CreateCustomer(customer.CreateCustomerRequest(
-        customer=customer.Customer(name="On Postgres", email=email)), timeout=10).customer
+        customer=customer.Customer(name="On Postgres", email=email)), timeout=10)
     with pytest.raises(grpc.RpcError) as duplicate:
         stub.CreateCustomer(customer.CreateCustomerRequest(customer=customer.Customer(name="Twin", email=email)),
                             timeout=10)
@@ -102,7 +102,7 @@ def test_customers_are_stored_in_postgresql(service_on_postgres, postgres_url):
 def test_stock_is_reserved_atomically_in_postgresql(service_on_postgres):
     stub = inventory_grpc.InventoryServiceStub(service_on_postgres("inventory"))
     product = stub.CreateProduct(inventory.CreateProductRequest(
-        product=inventory.Product(name="pg widget", price="2.50", quantity=3)), timeout=10).product
+        product=inventory.Product(name="pg widget", price="2.50", quantity=3)), timeout=10)
     reserved = stub.ReserveStock(inventory.ReserveStockRequest(reservation_id=uuid.uuid4().hex, lines=[
         inventory.StockLine(product_id=product.id, quantity=2)]), timeout=10).products
     assert [(p.price, p.quantity) for p in reserved] == [("2.50", 1)]
@@ -110,4 +110,4 @@ def test_stock_is_reserved_atomically_in_postgresql(service_on_postgres):
         stub.ReserveStock(inventory.ReserveStockRequest(reservation_id=uuid.uuid4().hex, lines=[
             inventory.StockLine(product_id=product.id, quantity=2)]), timeout=10)
     assert short.value.code() == grpc.StatusCode.FAILED_PRECONDITION
-    assert stub.GetProduct(inventory.GetProductRequest(id=product.id), timeout=10).product.quantity == 1
+    assert stub.GetProduct(inventory.GetProductRequest(id=product.id), timeout=10).quantity == 1

@@ -60,17 +60,17 @@ def _status(call, request) -> tuple[grpc.StatusCode, str]:
 def _new_customer(customers, name="Ada Lovelace") -> customer.Customer:
     email = f"{uuid.uuid4().hex[:12]}@example.com"
     return customers.CreateCustomer(customer.CreateCustomerRequest(customer=customer.Customer(name=name, email=email)),
-                                    timeout=10).customer
+                                    timeout=10)
 
 
 def _new_product(products, price="10.00", quantity=10) -> inventory.Product:
     request = inventory.CreateProductRequest(product=inventory.Product(name=f"widget {uuid.uuid4().hex[:6]}",
                                                                        price=price, quantity=quantity))
-    return products.CreateProduct(request, timeout=10).product
+    return products.CreateProduct(request, timeout=10)
 
 
 def _stock(products, product_id: str) -> int:
-    return products.GetProduct(inventory.GetProductRequest(id=product_id), timeout=10).product.quantity
+    return products.GetProduct(inventory.GetProductRequest(id=product_id), timeout=10).quantity
 
 
 # --- grpcurl, a real external client ------------------------------------------------------------------------
@@ -105,16 +105,16 @@ def test_grpcurl_reports_a_validation_error_with_its_code(mesh):
 def test_customer_crud(customers):
     created = _new_customer(customers)
     assert created.id and created.name == "Ada Lovelace"
-    fetched = customers.GetCustomer(customer.GetCustomerRequest(id=created.id), timeout=10).customer
+    fetched = customers.GetCustomer(customer.GetCustomerRequest(id=created.id), timeout=10)
     assert fetched == created
 
     renamed = customers.UpdateCustomer(customer.UpdateCustomerRequest(
-        customer=customer.Customer(id=created.id, name="Ada King")), timeout=10).customer
+        customer=customer.Customer(id=created.id, name="Ada King")), timeout=10)
     assert (renamed.name, renamed.email) == ("Ada King", created.email)
 
     masked = customers.UpdateCustomer(customer.UpdateCustomerRequest(
         customer=customer.Customer(id=created.id, name="ignored", email="ada@king.example.com"),
-        update_mask={"paths": ["email"]}), timeout=10).customer
+        update_mask={"paths": ["email"]}), timeout=10)
     assert (masked.name, masked.email) == ("Ada King", "ada@king.example.com")
 
     customers.DeleteCustomer(customer.DeleteCustomerRequest(id=created.id), timeout=10)
@@ -186,7 +186,7 @@ def test_product_crud_keeps_prices_exact(products):
     created = _new_product(products, price="1299.9", quantity=3)
     assert (created.price, created.quantity) == ("1299.90", 3)
     updated = products.UpdateProduct(inventory.UpdateProductRequest(
-        product=inventory.Product(id=created.id, quantity=0)), timeout=10).product
+        product=inventory.Product(id=created.id, quantity=0)), timeout=10)
     assert (updated.price, updated.quantity) == ("1299.90", 0)
     products.DeleteProduct(inventory.DeleteProductRequest(id=created.id), timeout=10)
     code, _ = _status(products.GetProduct, inventory.GetProductRequest(id=created.id))
@@ -222,14 +222,14 @@ def test_a_full_bill_takes_stock_and_totals_to_the_cent(customers, products, bil
     created = bills.CreateBill(billing.CreateBillRequest(customer_id=buyer.id, items=[
         billing.CreateBillRequest.Item(product_id=dime.id, quantity=3),
         billing.CreateBillRequest.Item(product_id=fifth.id, quantity=1),
-    ]), timeout=10).bill
+    ]), timeout=10)
     assert created.total == "0.50"
     assert [(i.product.name, i.quantity, i.unit_price, i.amount) for i in created.items] == [
         (dime.name, 3, "0.10", "0.30"), (fifth.name, 1, "0.20", "0.20")]
     assert (created.customer.name, created.customer.email) == ("Grace Hopper", buyer.email)
     assert (_stock(products, dime.id), _stock(products, fifth.id)) == (7, 9)
 
-    fetched = bills.GetBill(billing.GetBillRequest(id=created.id), timeout=10).bill
+    fetched = bills.GetBill(billing.GetBillRequest(id=created.id), timeout=10)
     assert fetched == created
     listed = bills.ListBills(billing.ListBillsRequest(customer_id=buyer.id), timeout=10).bills
     assert [bill.id for bill in listed] == [created.id]
@@ -238,10 +238,10 @@ def test_a_full_bill_takes_stock_and_totals_to_the_cent(customers, products, bil
 def test_a_bill_keeps_the_price_of_its_moment(customers, products, bills):
     buyer, item = _new_customer(customers), _new_product(products, "5.00", 5)
     created = bills.CreateBill(billing.CreateBillRequest(customer_id=buyer.id, items=[
-        billing.CreateBillRequest.Item(product_id=item.id, quantity=2)]), timeout=10).bill
+        billing.CreateBillRequest.Item(product_id=item.id, quantity=2)]), timeout=10)
     products.UpdateProduct(inventory.UpdateProductRequest(product=inventory.Product(id=item.id, price="7.00")),
                            timeout=10)
-    assert bills.GetBill(billing.GetBillRequest(id=created.id), timeout=10).bill.total == "10.00"
+    assert bills.GetBill(billing.GetBillRequest(id=created.id), timeout=10).total == "10.00"
 
 
 def test_not_enough_stock_fails_and_changes_nothing_anywhere(customers, products, bills):

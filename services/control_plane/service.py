@@ -1,0 +1,44 @@
+"""Consul watcher -> snapshot builder -> ADS server."""
+
+from __future__ import annotations
+
+import grpc
+from envoy.service.discovery.v3 import ads_pb2, ads_pb2_grpc
+
+from services.control_plane import snapshot
+from services.control_plane.ads import AggregatedDiscovery, SnapshotCache
+from shopmesh.discovery import Endpoints
+from shopmesh.server import Service
+from shopmesh.settings import Settings
+
+#: The services Envoy routes to, by their Consul names.
+ROUTED = ("customer-service", "inventory-service", "billing-service")
+
+
+async def attach(server: grpc.aio.Server, settings: Settings):
+    cache = SnapshotCache()
+    instances: dict[str, tuple[str, ...]] = {}
+
+    def changed(service: str, addresses: tuple[str, ...]) -> None:
+        instances[service] = addresses
+        if len(instances) == len(ROUTED):  # every service answered once: a complete picture
+            cache.set(snapshot.build(instances))
+
+    watches = [Endpoints(settings, name, on_change=changed) for name in ROUTED]
+    for watch in watches:
+        watch.start()
+    ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(AggregatedDiscovery(cache), server)
+
+    async def close() -> None:
+        for watch in watches:
+            await watch.stop()
+
+    return close
+
+
+SERVICE = Service(
+    "control_plane",
+    ads_pb2.DESCRIPTOR.services_by_name["AggregatedDiscoveryService"].full_name,
+    attach,
+    consul_name="mesh-control-plane",
+)

@@ -1,0 +1,268 @@
+"""REST/JSON and native gRPC through the real Envoy, endpoints from the real Consul through the control plane."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+
+import httpx
+import pytest
+
+from shopmesh.codegen import DESCRIPTOR_SET
+from shopmesh.stack import free_port
+from shopmesh.supervise import Supervisor
+from tests.conftest import shopmesh
+
+
+@pytest.fixture(scope="module")
+def rest(mesh):
+    with httpx.Client(base_url=mesh.gateway_url, timeout=15) as client:
+        yield client
+
+
+def _email() -> str:
+    return f"{uuid.uuid4().hex[:12]}@example.com"
+
+
+def _error(answer: httpx.Response, status: int, code: int) -> str:
+    assert answer.status_code == status, answer.text
+    assert answer.headers["content-type"].startswith("application/json")
+    body = answer.json()
+    assert body["code"] == code
+    return body["message"]
+
+
+def test_customers_crud_over_rest(rest):
+    created = rest.post("/v1/customers", json={"name": "Ada Lovelace", "email": _email()})
+    assert created.status_code == 200, created.text
+    customer = created.json()
+    assert set(customer) == {"id", "name", "email"}
+    assert rest.get(f"/v1/customers/{customer['id']}").json() == customer
+    patched = rest.patch(f"/v1/customers/{customer['id']}", json={"name": "Ada King"}).json()
+    assert patched == {**customer, "name": "Ada King"}
+    listed = rest.get("/v1/customers", params={"pageSize": 1000}).json()
+    assert set(listed) == {"customers", "nextPageToken"} and patched in listed["customers"]
+    assert rest.delete(f"/v1/customers/{customer['id']}").json() == {}
+    _error(rest.get(f"/v1/customers/{customer['id']}"), 404, 5)
+
+
+def test_pages_over_rest(rest):
+    first = rest.get("/v1/customers", params={"pageSize": 2}).json()
+    assert len(first["customers"]) == 2 and first["nextPageToken"]
+    second = rest.get("/v1/customers", params={"pageSize": 2, "pageToken": first["nextPageToken"]}).json()
+    assert not {c["id"] for c in first["customers"]} & {c["id"] for c in second["customers"]}
+
+
+def test_products_crud_over_rest_with_exact_prices(rest):
+    product = rest.post("/v1/products", json={"name": "Desk lamp", "price": "19.9", "quantity": 4}).json()
+    assert (product["price"], product["quantity"]) == ("19.90", 4)
+    emptied = rest.patch(f"/v1/products/{product['id']}", json={"quantity": 0}).json()
+    assert (emptied["price"], emptied["quantity"]) == ("19.90", 0)
+    assert rest.delete(f"/v1/products/{product['id']}").json() == {}
+    _error(rest.get(f"/v1/products/{product['id']}"), 404, 5)
+
+
+def test_bills_over_rest_in_full(rest):
+    customer = rest.post("/v1/customers", json={"name": "Grace Hopper", "email": _email()}).json()
+    cheap = rest.post("/v1/products", json={"name": "Pencil", "price": "0.10", "quantity": 10}).json()
+    dear = rest.post("/v1/products", json={"name": "Pen", "price": "0.20", "quantity": 10}).json()
+    answer = rest.post("/v1/bills", json={"customerId": customer["id"], "items": [
+        {"productId": cheap["id"], "quantity": 3}, {"productId": dear["id"], "quantity": 1}]})
+    assert answer.status_code == 200, answer.text
+    bill = answer.json()
+    assert set(bill) == {"id", "billingDate", "customerId", "customer", "items", "total"}
+    assert bill["total"] == "0.50" and bill["customer"] == customer
+    assert [(i["productId"], i["product"]["name"], i["quantity"], i["unitPrice"], i["amount"]) for i in bill["items"]] \
+        == [(cheap["id"], "Pencil", 3, "0.10", "0.30"), (dear["id"], "Pen", 1, "0.20", "0.20")]
+    assert rest.get(f"/v1/bills/{bill['id']}").json() == bill
+    assert rest.get("/v1/bills", params={"customerId": customer["id"]}).json()["bills"] == [bill]
+    assert rest.get(f"/v1/products/{cheap['id']}").json()["quantity"] == 7
+
+
+def test_gateway_maps_service_errors_to_http_statuses_with_json_bodies(rest):
+    assert _error(rest.post("/v1/customers", json={"name": "", "email": _email()}), 400, 3) \
+        .startswith("customer.name")
+    taken = rest.post("/v1/customers", json={"name": "First", "email": _email()}).json()
+    assert taken["email"] in _error(rest.post("/v1/customers", json={"name": "Twin", "email": taken["email"]}), 409, 6)
+    assert "not found" in _error(rest.get("/v1/products/no-such-id"), 404, 5)
+    scarce = rest.post("/v1/products", json={"name": "Rare", "price": "5.00", "quantity": 1}).json()
+    message = _error(rest.post("/v1/bills", json={"customerId": taken["id"], "items": [
+        {"productId": scarce["id"], "quantity": 2}]}), 400, 9)
+    assert message.startswith("items[0].quantity") and "1 left" in message
+    assert rest.get(f"/v1/products/{scarce['id']}").json()["quantity"] == 1
+
+
+@pytest.mark.parametrize("method, path, body, content, fragment", [
+    ("POST", "/v1/customers", None, b'{"name": "x", ', "Unexpected end"),
+    ("POST", "/v1/products", {"name": "x", "price": 12.5}, None, "product.price"),
+    ("POST", "/v1/products", {"name": "x", "price": "1.00", "quantity": "many"}, None, "product.quantity"),
+    ("GET", "/v1/customers?pageSize=ten", None, None, "page_size"),
+    ("GET", "/v1/customers?colour=blue", None, None, "colour"),
+])
+def test_malformed_requests_are_400_with_a_json_message(rest, method, path, body, content, fragment):
+    answer = rest.request(method, path, json=body, content=content)
+    assert fragment in _error(answer, 400, 3)
+
+
+@pytest.mark.parametrize("method, path", [
+    ("GET", "/v1/nothing-here"),
+    ("POST", "/v1/customers/some-id"),
+    ("POST", "/shopmesh.inventory.v1.InventoryService/ReserveStock"),
+])
+def test_unknown_routes_and_internal_rpcs_are_404_json(rest, method, path):
+    assert _error(rest.request(method, path, json={}), 404, 5) == "no such route"
+
+
+def test_native_grpc_passes_through_the_same_listener(mesh):
+    called = shopmesh("grpcurl", "-plaintext", "-protoset", str(DESCRIPTOR_SET), "-d", '{"page_size": 1}',
+                      f"{mesh.host}:{mesh.gateway_port}", "shopmesh.inventory.v1.InventoryService/ListProducts")
+    assert called.returncode == 0, called.stderr
+    assert len(json.loads(called.stdout)["products"]) == 1
+    refused = shopmesh("grpcurl", "-plaintext", "-protoset", str(DESCRIPTOR_SET), "-d", '{"customer": {"name": ""}}',
+                       f"{mesh.host}:{mesh.gateway_port}", "shopmesh.customer.v1.CustomerService/CreateCustomer")
+    assert "InvalidArgument" in refused.stderr and "customer.name" in refused.stderr
+
+
+# --- following Consul ---------------------------------------------------------------------------------------
+
+
+def _envoy_hosts(mesh, cluster: str) -> set[int]:
+    """Ports of the hosts Envoy holds for a cluster, as its admin reports them."""
+    clusters = httpx.get(f"{mesh.envoy_admin_url}/clusters", params={"format": "json"}).json()
+    for status in clusters.get("cluster_statuses", []):
+        if status["name"] == cluster:
+            return {host["address"]["socket_address"]["port_value"] for host in status.get("host_statuses", [])}
+    return set()
+
+
+def _wait_for(condition, seconds: float, what: str):
+    deadline = time.monotonic() + seconds
+    while not (result := condition()):
+        assert time.monotonic() < deadline, f"timed out after {seconds} s waiting for {what}"
+        time.sleep(0.1)
+    return result
+
+
+class Instance:
+    """A further customer-service instance, started as a user's `scale` would, and its own log."""
+
+    def __init__(self, mesh, tmp_path) -> None:
+        self.mesh = mesh
+        self.port = free_port(mesh.host)
+        self.log = tmp_path / f"customer-{self.port}.log"
+        with open(self.log, "w") as out:
+            self.process = subprocess.Popen([sys.executable, "-m", "services.customer"], stdout=out,
+                                            stderr=subprocess.STDOUT,
+                                            env={**os.environ, "SHOPMESH_INSTANCE_PORT": str(self.port)})
+
+    def served(self) -> int:
+        return self.log.read_text().count("GetCustomer OK")
+
+    def passing_in_consul(self) -> bool:
+        entries = httpx.get(f"{self.mesh.consul_url}/v1/health/service/customer-service",
+                            params={"passing": 1}).json()
+        return self.port in {entry["Service"]["Port"] for entry in entries}
+
+    def kill(self) -> None:
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait()
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=20)
+        httpx.put(f"{self.mesh.consul_url}/v1/agent/service/deregister/customer-service-{self.mesh.host}-{self.port}")
+
+
+@pytest.fixture
+def instance(mesh, tmp_path):
+    started = Instance(mesh, tmp_path)
+    yield started
+    started.stop()
+
+
+class GetLoop:
+    """GETs of one customer through Envoy in a background thread, counting the answers by status."""
+
+    def __init__(self, mesh, customer_id: str, limit: int = 100_000) -> None:
+        self.url = f"{mesh.gateway_url}/v1/customers/{customer_id}"
+        self.limit = limit
+        self.statuses: list[int] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        with httpx.Client(timeout=15) as client:
+            while not self._stop.is_set() and len(self.statuses) < self.limit:
+                try:
+                    self.statuses.append(client.get(self.url).status_code)
+                except httpx.HTTPError:
+                    self.statuses.append(0)
+                time.sleep(0.01)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(timeout=60)
+
+    def wait_done(self, seconds: float) -> None:
+        self._thread.join(timeout=seconds)
+
+
+def _a_customer(rest) -> str:
+    return rest.post("/v1/customers", json={"name": "Loop", "email": _email()}).json()["id"]
+
+
+def test_a_new_instance_takes_traffic_within_5_s_of_passing_without_restarting_envoy(mesh, rest, instance):
+    envoy_pid = Supervisor(mesh).info()["envoy"]["pid"]
+    with GetLoop(mesh, _a_customer(rest)) as loop:
+        _wait_for(instance.passing_in_consul, 30, "the new instance to pass its Consul check")
+        _wait_for(lambda: instance.served() > 0, 5, "Envoy to send the new instance requests")
+    assert set(loop.statuses) == {200}
+    assert Supervisor(mesh).info()["envoy"]["pid"] == envoy_pid
+
+
+def test_killing_one_of_two_instances_during_200_gets_fails_none(mesh, rest, instance):
+    _wait_for(lambda: _envoy_hosts(mesh, "customer-service") >= {instance.port, mesh.customer_service_port}, 30,
+              "Envoy to hold both instances")
+    loop = GetLoop(mesh, _a_customer(rest), limit=200)
+    with loop:
+        _wait_for(lambda: len(loop.statuses) >= 50 and instance.served() > 0, 30, "traffic on both instances")
+        instance.kill()
+        loop.wait_done(120)
+    assert len(loop.statuses) == 200
+    assert [status for status in loop.statuses if status != 200] == []
+    _wait_for(lambda: instance.port not in _envoy_hosts(mesh, "customer-service"), 30,
+              "Envoy to drop the killed instance")
+
+
+def test_requests_keep_working_while_the_control_plane_restarts(mesh, rest):
+    supervisor = Supervisor(mesh)
+    with GetLoop(mesh, _a_customer(rest)) as loop:
+        time.sleep(0.5)
+        supervisor.rpc.stopProcess("mesh-control-plane", True)
+        time.sleep(2)
+        supervisor.rpc.startProcess("mesh-control-plane", True)
+        time.sleep(2)
+    assert len(loop.statuses) > 50 and set(loop.statuses) == {200}
+
+
+def test_envoy_resubscribes_after_a_control_plane_restart(mesh, tmp_path):
+    supervisor = Supervisor(mesh)
+    supervisor.rpc.stopProcess("mesh-control-plane", True)
+    supervisor.rpc.startProcess("mesh-control-plane", True)
+    late = Instance(mesh, tmp_path)
+    try:
+        _wait_for(lambda: late.port in _envoy_hosts(mesh, "customer-service"), 30,
+                  "Envoy to learn an instance started after the restart")
+    finally:
+        late.stop()
