@@ -46,7 +46,7 @@ def _up(settings: Settings) -> list[stack.Program]:
     for program in programs:
         typer.echo(f"  {program.name:<18} {program.url}")
     typer.echo(f"  {'logs':<18} {settings.log_dir}/<part>.log   (shopmesh logs PART)")
-    typer.echo(f"Try: curl -s {settings.consul_url}/v1/catalog/services")
+    typer.echo(f"Try: curl -s {settings.gateway_url}/v1/products")
     return programs
 
 
@@ -56,6 +56,7 @@ def install_command() -> None:
     settings = load()
     installed = _install(settings)
     codegen.generate()
+    codegen.write_openapi(installed.openapi / "bin" / "protoc-gen-openapi")
     for name, path in vars(installed).items():
         typer.echo(f"{name:<10} {path}")
 

@@ -32,6 +32,7 @@ CONSUL_VERSION = "1.16.1"
 KAFKA_VERSION = "4.1.1"
 KEYCLOAK_VERSION = "26.4.7"
 GRPCURL_VERSION = "1.9.3"
+OPENAPI_VERSION = "0.7.1"
 
 
 class InstallError(RuntimeError):
@@ -257,24 +258,32 @@ def _verify_keycloak(home: Path) -> str:
     return f"keycloak {KEYCLOAK_VERSION}"
 
 
-# --- grpcurl: the gRPC command-line client, built through the Go module proxy ---------------------------------
+# --- Go tools (grpcurl, protoc-gen-openapi): `go install` through the Go module proxy -------------------------
 
 
-def _build_grpcurl(staging: Path) -> None:
-    run_step(
-        f"grpcurl {GRPCURL_VERSION}: building from source with {_go_version()}",
-        ["go", "install", "-trimpath", f"-ldflags=-s -w -X main.version=v{GRPCURL_VERSION}",
-         f"github.com/fullstorydev/grpcurl/cmd/grpcurl@v{GRPCURL_VERSION}"],
-        env={"CGO_ENABLED": "0", "GOBIN": str(staging / "bin"), "GOSUMDB": "off", "GOTOOLCHAIN": "local"},
-    )
+def go_tool(name: str, package: str, version: str, version_flag: str | None) -> Component:
+    """A command built with `go install package@vversion`; its version flag must report the version (a protoc
+    plugin has none: it must answer an empty request)."""
 
+    def build(staging: Path) -> None:
+        run_step(
+            f"{name} {version}: building from source with {_go_version()}",
+            ["go", "install", "-trimpath", f"-ldflags=-s -w -X main.version=v{version}", f"{package}@v{version}"],
+            env={"CGO_ENABLED": "0", "GOBIN": str(staging / "bin"), "GOSUMDB": "off", "GOTOOLCHAIN": "local"},
+        )
 
-def _verify_grpcurl(home: Path) -> str:
-    out = run_step("grpcurl: checking grpcurl -version", [str(home / "bin" / "grpcurl"), "-version"])
-    reported = (out or "").strip()
-    if GRPCURL_VERSION not in reported:
-        raise InstallError(f"grpcurl -version does not report {GRPCURL_VERSION}: {reported}")
-    return reported
+    def verify(home: Path) -> str:
+        if version_flag is None:
+            answered = subprocess.run([str(home / "bin" / name)], input=b"", capture_output=True, check=False)
+            if answered.returncode != 0:
+                raise InstallError(f"{name} does not answer an empty request: {answered.stderr.decode()[-500:]}")
+            return f"{name} {version}"
+        reported = run_step(f"{name}: checking {name} {version_flag}", [str(home / "bin" / name), version_flag]).strip()
+        if version not in reported:
+            raise InstallError(f"{name} {version_flag} does not report {version}: {reported}")
+        return reported
+
+    return Component(name, version, build, verify)
 
 
 # --- Java -----------------------------------------------------------------------------------------------------
@@ -330,7 +339,10 @@ COMPONENTS = {
     "kafka": Component("kafka", KAFKA_VERSION, _build_kafka, _verify_kafka),
     "keycloak": Component("keycloak", KEYCLOAK_VERSION, _build_keycloak, _verify_keycloak),
     "envoy": Component("envoy", ENVOY_VERSION, _build_envoy, _verify_envoy),
-    "grpcurl": Component("grpcurl", GRPCURL_VERSION, _build_grpcurl, _verify_grpcurl),
+    "grpcurl": go_tool("grpcurl", "github.com/fullstorydev/grpcurl/cmd/grpcurl", GRPCURL_VERSION, "-version"),
+    # gnostic's generator: protoc-gen-openapiv2 does not support proto3 optional fields, which the API uses.
+    "protoc-gen-openapi": go_tool("protoc-gen-openapi", "github.com/google/gnostic/cmd/protoc-gen-openapi",
+                                  OPENAPI_VERSION, None),
 }
 
 
@@ -341,6 +353,7 @@ class Installed:
     keycloak: Path
     envoy: Path
     grpcurl: Path
+    openapi: Path
 
 
 def locations(settings: Settings) -> Installed:
@@ -349,6 +362,7 @@ def locations(settings: Settings) -> Installed:
     return Installed(
         consul=consul_binary.parent.parent if consul_binary else settings.cache_dir / COMPONENTS["consul"].key,
         **{name: settings.cache_dir / COMPONENTS[name].key for name in ("kafka", "keycloak", "envoy", "grpcurl")},
+        openapi=settings.cache_dir / COMPONENTS["protoc-gen-openapi"].key,
     )
 
 
@@ -367,4 +381,5 @@ def ensure_all(settings: Settings) -> Installed:
         keycloak=ensure(COMPONENTS["keycloak"], settings.cache_dir),
         envoy=ensure(COMPONENTS["envoy"], settings.cache_dir),
         grpcurl=ensure(COMPONENTS["grpcurl"], settings.cache_dir),
+        openapi=ensure(COMPONENTS["protoc-gen-openapi"], settings.cache_dir),
     )
