@@ -1,7 +1,9 @@
 """GET one customer: REST through Envoy, native gRPC through Envoy, and gRPC straight to the service.
 
 Run against a running mesh (`make up`):  .venv/bin/python -m bench.gateway [--seconds 10] [--clients 4]
-Prints requests/s and p50/p99 latency for each path, and each one's cost relative to the direct call.
+Prints requests/s and p50/p99 latency for each path, and each one's cost relative to the direct call. Every
+request carries user1's token (checked by Envoy and by the service); the token is fetched once, so a run
+must end within its 300 s lifespan.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import httpx
 
 from shopmesh.customer.v1 import customer_service_pb2 as pb
 from shopmesh.customer.v1 import customer_service_pb2_grpc as pb_grpc
+from shopmesh import realm
 from shopmesh.settings import load
 
 
@@ -46,20 +49,21 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=4)
     args = parser.parse_args()
     settings = load()
+    bearer = (("authorization", f"Bearer {realm.token(settings, 'user1')['access_token']}"),)
     direct = f"{settings.host}:{settings.customer_service_port}"
     gateway = f"{settings.host}:{settings.gateway_port}"
     with grpc.insecure_channel(direct) as channel:
-        customer_id = pb_grpc.CustomerServiceStub(channel).ListCustomers(pb.ListCustomersRequest(page_size=1)) \
-            .customers[0].id
+        customer_id = pb_grpc.CustomerServiceStub(channel).ListCustomers(
+            pb.ListCustomersRequest(page_size=1), metadata=bearer).customers[0].id
 
     def rest() -> Callable[[], None]:
-        client = httpx.Client(base_url=settings.gateway_url)
+        client = httpx.Client(base_url=settings.gateway_url, headers=dict(bearer))
         return lambda: client.get(f"/v1/customers/{customer_id}").raise_for_status()
 
     def grpc_to(address: str) -> Callable[[], Callable[[], None]]:
         def make() -> Callable[[], None]:
             stub = pb_grpc.CustomerServiceStub(grpc.insecure_channel(address))
-            return lambda: stub.GetCustomer(pb.GetCustomerRequest(id=customer_id), timeout=5)
+            return lambda: stub.GetCustomer(pb.GetCustomerRequest(id=customer_id), timeout=5, metadata=bearer)
 
         return make
 

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import sys
 import time
 from typing import Annotated
 
+import jwt
 import typer
+from keycloak.exceptions import KeycloakError
 
-from shopmesh import codegen, install, stack
+from shopmesh import codegen, install, realm, stack
 from shopmesh.settings import Settings, load
 from shopmesh.supervise import Supervisor
 
@@ -137,6 +140,29 @@ def grpcurl(context: typer.Context) -> None:
     """Run the installed grpcurl with the given arguments, e.g. `shopmesh grpcurl -plaintext 127.0.0.1:50051 list`."""
     installed = _install(load())
     sys.exit(subprocess.call([str(installed.grpcurl / "bin" / "grpcurl"), *context.args]))
+
+
+@app.command()
+def token(
+    user: Annotated[str | None, typer.Option("--user", "-u", help="Password grant for this user.")] = None,
+    password: Annotated[str | None, typer.Option(help="Defaults to SHOPMESH_PASSWORD_<USER>, else the dev default.")] = None,
+    refresh: Annotated[str | None, typer.Option("--refresh", help="Refresh-token grant with this refresh token.")] = None,
+    claims: Annotated[bool, typer.Option("--claims", help="Print the access token's claims instead.")] = False,
+    full: Annotated[bool, typer.Option("--json", help="Print the whole token response (with the refresh token).")] = False,
+) -> None:
+    """Print an access token of the shopmesh realm, by password grant (--user) or refresh-token grant (--refresh)."""
+    if bool(user) == bool(refresh):
+        fail(typer.BadParameter("give either --user USER or --refresh TOKEN"))
+    try:
+        answer = realm.token(load(), user, password, refresh)
+    except KeycloakError as error:
+        fail(RuntimeError(f"Keycloak refused the grant: {error.response_code} {error.error_message}"))
+    if full:
+        typer.echo(json.dumps(answer, indent=2))
+    elif claims:
+        typer.echo(json.dumps(jwt.decode(answer["access_token"], options={"verify_signature": False}), indent=2))
+    else:
+        typer.echo(answer["access_token"])
 
 
 @app.command()

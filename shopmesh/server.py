@@ -14,6 +14,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
+from shopmesh.auth import Authorization, TokenVerifier
 from shopmesh.discovery import Registration
 from shopmesh.errors import ErrorMapping
 from shopmesh.settings import Settings, load
@@ -32,13 +33,15 @@ class Service:
     full_name: str  # gRPC service name, e.g. shopmesh.customer.v1.CustomerService
     attach: Attach
     consul_name: str = ""  # the name it registers under; <name>-service when left empty
+    authenticated: bool = True  # callers need a Keycloak token with a role of shopmesh/permissions.py
 
     def registered_as(self) -> str:
         return self.consul_name or f"{self.name}-service"
 
 
 async def serve(service: Service, settings: Settings) -> None:
-    server = grpc.aio.server(interceptors=[ErrorMapping()])
+    interceptors = [Authorization(TokenVerifier(settings))] if service.authenticated else []
+    server = grpc.aio.server(interceptors=[*interceptors, ErrorMapping()])
     close = await service.attach(server, settings)
     health = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)

@@ -59,6 +59,8 @@ class Settings(BaseSettings):
     # Development default, clearly not a secret: override SHOPMESH_KEYCLOAK_ADMIN_PASSWORD outside a laptop.
     keycloak_admin_user: str = "admin"
     keycloak_admin_password: str = "admin-dev-only"
+    # Development default of the shopmesh-services client's secret (keycloak/shopmesh-realm.json).
+    services_client_secret: str = "shopmesh-services-dev-secret"
 
     @cached_property
     def log_dir(self) -> Path:

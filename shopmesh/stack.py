@@ -18,7 +18,7 @@ from pathlib import Path
 import consul
 import psutil
 
-from shopmesh import codegen, health
+from shopmesh import codegen, health, permissions, realm
 from shopmesh.install import Installed, java_for, java_home_for_keycloak
 from shopmesh.settings import PROJECT_ROOT, Settings
 from shopmesh.supervise import ProgramSpec, Supervisor
@@ -36,7 +36,7 @@ class Program:
     requires: tuple[str, ...] = ()
     deadline: float = 60.0
     prepare: Callable[[], None] = lambda: None
-    #: Registration in Consul once healthy, for the components that do not register themselves.
+    #: Run once healthy: registration in Consul for the components that do not register themselves.
     register: Callable[[consul.Consul], None] | None = None
     url: str = ""
 
@@ -220,9 +220,13 @@ def _keycloak(settings: Settings, installed: Installed) -> Program:
         requires=("consul",),
         deadline=300,
         prepare=lay_out_home,
-        register=lambda agent: agent.agent.service.register(
-            "keycloak", service_id="keycloak", address=settings.host, port=settings.keycloak_port, tags=["oidc"],
-            check={"HTTP": discovery, "Interval": "10s"},
+        register=lambda agent: (
+            agent.agent.service.register(
+                "keycloak", service_id="keycloak", address=settings.host, port=settings.keycloak_port,
+                tags=["oidc"], check={"HTTP": discovery, "Interval": "10s"},
+            ),
+            # The realm file reaches a realm imported by an earlier start, and passwords come from the environment.
+            realm.apply(settings),
         ),
         url=f"{settings.keycloak_url}/admin/ (console), realm {settings.keycloak_url}/realms/shopmesh",
     )
@@ -237,6 +241,8 @@ def _envoy(settings: Settings, installed: Installed) -> Program:
         bootstrap.write_text(template.substitute(
             host=settings.host, gateway_port=settings.gateway_port, admin_port=settings.envoy_admin_port,
             control_plane_port=settings.control_plane_port, descriptor_set=codegen.DESCRIPTOR_SET,
+            keycloak_port=settings.keycloak_port, issuer=settings.keycloak_issuer,
+            rbac_policies=json.dumps(permissions.rbac_policies()),
         ))
 
     argv = [str(installed.envoy / "bin" / "envoy"), "-c", str(bootstrap), "--disable-hot-restart",
@@ -246,7 +252,7 @@ def _envoy(settings: Settings, installed: Installed) -> Program:
         ProgramSpec("envoy", argv, stop_seconds=15),
         ports={"gateway": settings.gateway_port, "Envoy admin": settings.envoy_admin_port},
         probe=health.envoy_ready,
-        requires=("consul", "mesh-control-plane"),
+        requires=("consul", "mesh-control-plane", "keycloak"),
         deadline=60,
         prepare=render_bootstrap,
         register=lambda agent: agent.agent.service.register(

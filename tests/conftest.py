@@ -11,6 +11,7 @@ import pytest
 
 from shopmesh.settings import Settings, load
 from shopmesh.supervise import Supervisor
+from tests.auth import Tokens
 
 SHOPMESH = [sys.executable, "-m", "shopmesh.cli"]
 
@@ -35,3 +36,8 @@ def mesh() -> Settings:
 @pytest.fixture(scope="session")
 def project_root() -> Path:
     return Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def tokens(mesh) -> Tokens:
+    return Tokens(mesh)

@@ -10,6 +10,7 @@ from sqlalchemy.orm import Session
 
 from services.billing.models import Base, BillItemRow, BillRow
 from services.billing.upstream import Customers, Inventory
+from shopmesh.auth import ServiceToken
 from services.customer.seed import CUSTOMERS
 from services.inventory.seed import PRODUCTS
 from shopmesh.billing.v1 import billing_service_pb2 as pb
@@ -141,7 +142,8 @@ def seed(session: Session) -> None:
 async def attach(server: grpc.aio.Server, settings: Settings):
     db = Database(settings.database_url("billing"), Base.metadata)
     await db.seed(seed)
-    customers, inventory = Customers(settings), Inventory(settings)
+    token = ServiceToken(settings)
+    customers, inventory = Customers(settings, token), Inventory(settings, token)
     customers.start()
     inventory.start()
     pb_grpc.add_BillingServiceServicer_to_server(BillingService(db, customers, inventory), server)

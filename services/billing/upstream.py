@@ -5,8 +5,10 @@ from __future__ import annotations
 import re
 
 import grpc
+from keycloak.exceptions import KeycloakError
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential
 
+from shopmesh.auth import ServiceToken
 from shopmesh.customer.v1 import customer_service_pb2 as customer_pb
 from shopmesh.customer.v1 import customer_service_pb2_grpc as customer_grpc
 from shopmesh.discovery import Channels, Endpoints
@@ -30,8 +32,9 @@ class Upstream:
     """One service found through Consul; every call may go to another instance, and a call that meets an
     instance going away is retried on the next one (the calls made here are all safe to repeat)."""
 
-    def __init__(self, settings: Settings, consul_name: str, stub_class) -> None:
+    def __init__(self, settings: Settings, consul_name: str, stub_class, token: ServiceToken) -> None:
         self.name = consul_name
+        self.token = token
         self.endpoints = Endpoints(settings, consul_name)
         self.channels = Channels()
         self.stub_class = stub_class
@@ -52,9 +55,12 @@ class Upstream:
                 with attempt:
                     address = await self.endpoints.next_address()
                     stub = self.stub_class(self.channels.get(address))
-                    return await getattr(stub, method)(request, timeout=timeout)
+                    metadata = await self.token.metadata()
+                    return await getattr(stub, method)(request, timeout=timeout, metadata=metadata)
         except grpc.aio.AioRpcError as error:
             raise self._translate(error) from None
+        except KeycloakError as error:
+            raise Unavailable(f"billing cannot get its service token from Keycloak: {error}") from None
 
     def _translate(self, error: grpc.aio.AioRpcError) -> ServiceError:
         """Pass on what concerns the caller's input; anything else means the upstream is unavailable."""
@@ -70,8 +76,8 @@ class Upstream:
 
 
 class Customers(Upstream):
-    def __init__(self, settings: Settings) -> None:
-        super().__init__(settings, "customer-service", customer_grpc.CustomerServiceStub)
+    def __init__(self, settings: Settings, token: ServiceToken) -> None:
+        super().__init__(settings, "customer-service", customer_grpc.CustomerServiceStub, token)
 
     async def get(self, customer_id: str) -> customer_pb.Customer:
         try:
@@ -81,8 +87,8 @@ class Customers(Upstream):
 
 
 class Inventory(Upstream):
-    def __init__(self, settings: Settings) -> None:
-        super().__init__(settings, "inventory-service", inventory_grpc.InventoryServiceStub)
+    def __init__(self, settings: Settings, token: ServiceToken) -> None:
+        super().__init__(settings, "inventory-service", inventory_grpc.InventoryServiceStub, token)
 
     async def reserve(self, reservation_id: str, lines: list[tuple[str, int]]) -> list[inventory_pb.Product]:
         request = inventory_pb.ReserveStockRequest(

@@ -41,4 +41,5 @@ SERVICE = Service(
     ads_pb2.DESCRIPTOR.services_by_name["AggregatedDiscoveryService"].full_name,
     attach,
     consul_name="mesh-control-plane",
+    authenticated=False,  # Envoy's ADS stream; the port binds the loopback address only
 )

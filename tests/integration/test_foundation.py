@@ -62,8 +62,8 @@ def test_envoy_admin_is_live_and_runs_envoy_1_40(mesh):
     assert server_info["version"].split("/")[1].startswith("1.40.")
 
 
-def test_gateway_answers_unrouted_paths_with_a_json_404(mesh):
-    answer = httpx.get(f"{mesh.gateway_url}/v1/nothing-here")
+def test_gateway_answers_unrouted_paths_with_a_json_404(mesh, tokens):
+    answer = httpx.get(f"{mesh.gateway_url}/v1/nothing-here", headers=tokens.header("user1"))
     assert answer.status_code == 404
     assert answer.headers["content-type"] == "application/json"
     assert "message" in answer.json()

@@ -17,12 +17,13 @@ import pytest
 from shopmesh.codegen import DESCRIPTOR_SET
 from shopmesh.stack import free_port
 from shopmesh.supervise import Supervisor
+from tests.auth import Bearer
 from tests.conftest import shopmesh
 
 
 @pytest.fixture(scope="module")
-def rest(mesh):
-    with httpx.Client(base_url=mesh.gateway_url, timeout=15) as client:
+def rest(mesh, tokens):
+    with httpx.Client(base_url=mesh.gateway_url, timeout=15, auth=Bearer(tokens)) as client:
         yield client
 
 
@@ -119,12 +120,14 @@ def test_unknown_routes_and_internal_rpcs_are_404_json(rest, method, path):
     assert _error(rest.request(method, path, json={}), 404, 5) == "no such route"
 
 
-def test_native_grpc_passes_through_the_same_listener(mesh):
-    called = shopmesh("grpcurl", "-plaintext", "-protoset", str(DESCRIPTOR_SET), "-d", '{"page_size": 1}',
+def test_native_grpc_passes_through_the_same_listener(mesh, tokens):
+    bearer = f"authorization: Bearer {tokens()}"
+    called = shopmesh("grpcurl", "-plaintext", "-H", bearer, "-protoset", str(DESCRIPTOR_SET), "-d", '{"page_size": 1}',
                       f"{mesh.host}:{mesh.gateway_port}", "shopmesh.inventory.v1.InventoryService/ListProducts")
     assert called.returncode == 0, called.stderr
     assert len(json.loads(called.stdout)["products"]) == 1
-    refused = shopmesh("grpcurl", "-plaintext", "-protoset", str(DESCRIPTOR_SET), "-d", '{"customer": {"name": ""}}',
+    refused = shopmesh("grpcurl", "-plaintext", "-H", bearer, "-protoset", str(DESCRIPTOR_SET),
+                       "-d", '{"customer": {"name": ""}}',
                        f"{mesh.host}:{mesh.gateway_port}", "shopmesh.customer.v1.CustomerService/CreateCustomer")
     assert "InvalidArgument" in refused.stderr and "customer.name" in refused.stderr
 
@@ -190,15 +193,16 @@ def instance(mesh, tmp_path):
 class GetLoop:
     """GETs of one customer through Envoy in a background thread, counting the answers by status."""
 
-    def __init__(self, mesh, customer_id: str, limit: int = 100_000) -> None:
+    def __init__(self, mesh, customer_id: str, tokens, limit: int = 100_000) -> None:
         self.url = f"{mesh.gateway_url}/v1/customers/{customer_id}"
+        self.auth = Bearer(tokens)
         self.limit = limit
         self.statuses: list[int] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
-        with httpx.Client(timeout=15) as client:
+        with httpx.Client(timeout=15, auth=self.auth) as client:
             while not self._stop.is_set() and len(self.statuses) < self.limit:
                 try:
                     self.statuses.append(client.get(self.url).status_code)
@@ -222,19 +226,19 @@ def _a_customer(rest) -> str:
     return rest.post("/v1/customers", json={"name": "Loop", "email": _email()}).json()["id"]
 
 
-def test_a_new_instance_takes_traffic_within_5_s_of_passing_without_restarting_envoy(mesh, rest, instance):
+def test_a_new_instance_takes_traffic_within_5_s_of_passing_without_restarting_envoy(mesh, rest, tokens, instance):
     envoy_pid = Supervisor(mesh).info()["envoy"]["pid"]
-    with GetLoop(mesh, _a_customer(rest)) as loop:
+    with GetLoop(mesh, _a_customer(rest), tokens) as loop:
         _wait_for(instance.passing_in_consul, 30, "the new instance to pass its Consul check")
         _wait_for(lambda: instance.served() > 0, 5, "Envoy to send the new instance requests")
     assert set(loop.statuses) == {200}
     assert Supervisor(mesh).info()["envoy"]["pid"] == envoy_pid
 
 
-def test_killing_one_of_two_instances_during_200_gets_fails_none(mesh, rest, instance):
+def test_killing_one_of_two_instances_during_200_gets_fails_none(mesh, rest, tokens, instance):
     _wait_for(lambda: _envoy_hosts(mesh, "customer-service") >= {instance.port, mesh.customer_service_port}, 30,
               "Envoy to hold both instances")
-    loop = GetLoop(mesh, _a_customer(rest), limit=200)
+    loop = GetLoop(mesh, _a_customer(rest), tokens, limit=200)
     with loop:
         _wait_for(lambda: len(loop.statuses) >= 50 and instance.served() > 0, 30, "traffic on both instances")
         instance.kill()
@@ -245,9 +249,9 @@ def test_killing_one_of_two_instances_during_200_gets_fails_none(mesh, rest, ins
               "Envoy to drop the killed instance")
 
 
-def test_requests_keep_working_while_the_control_plane_restarts(mesh, rest):
+def test_requests_keep_working_while_the_control_plane_restarts(mesh, rest, tokens):
     supervisor = Supervisor(mesh)
-    with GetLoop(mesh, _a_customer(rest)) as loop:
+    with GetLoop(mesh, _a_customer(rest), tokens) as loop:
         time.sleep(0.5)
         supervisor.rpc.stopProcess("mesh-control-plane", True)
         time.sleep(2)

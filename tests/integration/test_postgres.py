@@ -21,6 +21,7 @@ from shopmesh.customer.v1 import customer_service_pb2_grpc as customer_grpc
 from shopmesh.inventory.v1 import inventory_service_pb2 as inventory
 from shopmesh.inventory.v1 import inventory_service_pb2_grpc as inventory_grpc
 from shopmesh.stack import free_port
+from tests.auth import authorized_channel
 
 POSTGRES_BIN = "/usr/lib/postgresql/*/bin"
 
@@ -57,7 +58,7 @@ def postgres_url(mesh):
 
 
 @pytest.fixture
-def service_on_postgres(mesh, postgres_url, tmp_path):
+def service_on_postgres(mesh, postgres_url, tmp_path, tokens):
     """Start one instance of a service on PostgreSQL, and stop it (it deregisters) afterwards."""
     started = []
 
@@ -74,7 +75,7 @@ def service_on_postgres(mesh, postgres_url, tmp_path):
             assert process.poll() is None, (tmp_path / f"{name}.log").read_text()
             assert time.monotonic() < deadline, f"{name} on PostgreSQL did not become healthy"
             time.sleep(0.2)
-        return grpc.insecure_channel(f"{mesh.host}:{port}")
+        return authorized_channel(f"{mesh.host}:{port}", tokens)
 
     yield start
     for process in started:

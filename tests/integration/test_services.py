@@ -21,14 +21,15 @@ from shopmesh.customer.v1 import customer_service_pb2_grpc as customer_grpc
 from shopmesh.inventory.v1 import inventory_service_pb2 as inventory
 from shopmesh.inventory.v1 import inventory_service_pb2_grpc as inventory_grpc
 from shopmesh.stack import free_port
+from tests.auth import authorized_channel
 from tests.conftest import shopmesh
 
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
 
 
 @pytest.fixture(scope="module")
-def stubs(mesh):
-    channels = [grpc.insecure_channel(f"{mesh.host}:{port}") for port in
+def stubs(mesh, tokens):
+    channels = [authorized_channel(f"{mesh.host}:{port}", tokens) for port in
                 (mesh.customer_service_port, mesh.inventory_service_port, mesh.billing_service_port)]
     yield (customer_grpc.CustomerServiceStub(channels[0]), inventory_grpc.InventoryServiceStub(channels[1]),
            billing_grpc.BillingServiceStub(channels[2]))
@@ -81,19 +82,20 @@ def _stock(products, product_id: str) -> int:
     ("inventory_service_port", "shopmesh.inventory.v1.InventoryService", "ListProducts", "products"),
     ("billing_service_port", "shopmesh.billing.v1.BillingService", "ListBills", "bills"),
 ])
-def test_grpcurl_lists_and_calls_each_service_through_reflection(mesh, port_setting, service, rpc, key):
+def test_grpcurl_lists_and_calls_each_service_through_reflection(mesh, tokens, port_setting, service, rpc, key):
     address = f"{mesh.host}:{getattr(mesh, port_setting)}"
-    listed = shopmesh("grpcurl", "-plaintext", address, "list")
+    listed = shopmesh("grpcurl", "-plaintext", address, "list")  # reflection needs no token
     assert listed.returncode == 0, listed.stderr
     assert service in listed.stdout.split() and "grpc.health.v1.Health" in listed.stdout.split()
-    called = shopmesh("grpcurl", "-plaintext", "-d", '{"page_size": 2}', address, f"{service}/{rpc}")
+    called = shopmesh("grpcurl", "-plaintext", "-H", f"authorization: Bearer {tokens()}", "-d", '{"page_size": 2}',
+                      address, f"{service}/{rpc}")
     assert called.returncode == 0, called.stderr
     assert 1 <= len(json.loads(called.stdout)[key]) <= 2
 
 
-def test_grpcurl_reports_a_validation_error_with_its_code(mesh):
+def test_grpcurl_reports_a_validation_error_with_its_code(mesh, tokens):
     address = f"{mesh.host}:{mesh.customer_service_port}"
-    called = shopmesh("grpcurl", "-plaintext", "-d", '{"customer": {"name": "", "email": "x@y.z"}}', address,
+    called = shopmesh("grpcurl", "-plaintext", "-H", f"authorization: Bearer {tokens()}", "-d", '{"customer": {"name": "", "email": "x@y.z"}}', address,
                       "shopmesh.customer.v1.CustomerService/CreateCustomer")
     assert called.returncode != 0
     assert "InvalidArgument" in called.stderr and "customer.name" in called.stderr

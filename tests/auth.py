@@ -1,0 +1,54 @@
+"""Tokens for the tests, from the real Keycloak, renewed before they expire; and the ways to send them."""
+
+from __future__ import annotations
+
+import time
+
+import grpc
+import httpx
+
+from shopmesh import realm
+from shopmesh.settings import Settings
+
+
+class Tokens:
+    """Access tokens by user name (password grant of the gateway client), each renewed a minute before expiry."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._cache: dict[str, tuple[str, float]] = {}
+
+    def __call__(self, user: str = "mesh-admin") -> str:
+        token, expires = self._cache.get(user, ("", 0.0))
+        if time.monotonic() > expires - 60:
+            answer = realm.token(self.settings, user)
+            token, expires = answer["access_token"], time.monotonic() + answer["expires_in"]
+            self._cache[user] = (token, expires)
+        return token
+
+    def header(self, user: str = "mesh-admin") -> dict[str, str]:
+        return {"authorization": f"Bearer {self(user)}"}
+
+
+class Bearer(httpx.Auth):
+    """httpx authentication with a fresh token of one user on every request."""
+
+    def __init__(self, tokens: Tokens, user: str = "mesh-admin") -> None:
+        self.tokens, self.user = tokens, user
+
+    def auth_flow(self, request: httpx.Request):
+        request.headers["authorization"] = f"Bearer {self.tokens(self.user)}"
+        yield request
+
+
+class _BearerInterceptor(grpc.UnaryUnaryClientInterceptor):
+    def __init__(self, tokens: Tokens, user: str) -> None:
+        self.tokens, self.user = tokens, user
+
+    def intercept_unary_unary(self, continuation, details, request):
+        metadata = [*(details.metadata or []), ("authorization", f"Bearer {self.tokens(self.user)}")]
+        return continuation(details._replace(metadata=metadata), request)
+
+
+def authorized_channel(address: str, tokens: Tokens, user: str = "mesh-admin") -> grpc.Channel:
+    return grpc.intercept_channel(grpc.insecure_channel(address), _BearerInterceptor(tokens, user))
