@@ -26,6 +26,9 @@ class Tokens:
             self._cache[user] = (token, expires)
         return token
 
+    def forget(self) -> None:
+        self._cache.clear()
+
     def header(self, user: str = "mesh-admin") -> dict[str, str]:
         return {"authorization": f"Bearer {self(user)}"}
 
