@@ -209,8 +209,8 @@ def _keycloak(settings: Settings, installed: Installed) -> Program:
             lib.unlink()
         if not lib.is_symlink():
             lib.symlink_to(installed.keycloak / "lib", target_is_directory=True)
-        for realm in (PROJECT_ROOT / "keycloak").glob("*-realm.json"):
-            shutil.copy(realm, home / "data" / "import" / realm.name)
+        for realm_file in (PROJECT_ROOT / "keycloak").glob("*-realm.json"):
+            shutil.copy(realm_file, home / "data" / "import" / realm_file.name)
 
     discovery = f"{settings.keycloak_url}/realms/shopmesh/.well-known/openid-configuration"
     return Program(

@@ -11,7 +11,6 @@ import xmlrpc.client
 from collections.abc import Mapping, Sequence
 from configparser import ConfigParser
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import psutil
 from supervisor.xmlrpc import SupervisorTransport

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,15 @@ SHOPMESH = [sys.executable, "-m", "shopmesh.cli"]
 def shopmesh(*args: str, env: dict[str, str] | None = None, timeout: float = 900) -> subprocess.CompletedProcess:
     """Run the CLI as a user would, capturing what it prints."""
     return subprocess.run([*SHOPMESH, *args], capture_output=True, text=True, env=env, timeout=timeout, check=False)
+
+
+def wait_for(condition, seconds: float, what: str):
+    """Poll condition until it answers something true, or fail naming what did not happen in time."""
+    deadline = time.monotonic() + seconds
+    while not (result := condition()):
+        assert time.monotonic() < deadline, f"timed out after {seconds} s waiting for {what}"
+        time.sleep(0.1)
+    return result
 
 
 @pytest.fixture(scope="session")

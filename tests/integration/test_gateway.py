@@ -18,7 +18,7 @@ from shopmesh.codegen import DESCRIPTOR_SET
 from shopmesh.stack import free_port
 from shopmesh.supervise import Supervisor
 from tests.auth import Bearer
-from tests.conftest import shopmesh
+from tests.conftest import shopmesh, wait_for
 
 
 @pytest.fixture(scope="module")
@@ -144,13 +144,6 @@ def _envoy_hosts(mesh, cluster: str) -> set[int]:
     return set()
 
 
-def _wait_for(condition, seconds: float, what: str):
-    deadline = time.monotonic() + seconds
-    while not (result := condition()):
-        assert time.monotonic() < deadline, f"timed out after {seconds} s waiting for {what}"
-        time.sleep(0.1)
-    return result
-
 
 class Instance:
     """A further customer-service instance, started as a user's `scale` would, and its own log."""
@@ -229,23 +222,23 @@ def _a_customer(rest) -> str:
 def test_a_new_instance_takes_traffic_within_5_s_of_passing_without_restarting_envoy(mesh, rest, tokens, instance):
     envoy_pid = Supervisor(mesh).info()["envoy"]["pid"]
     with GetLoop(mesh, _a_customer(rest), tokens) as loop:
-        _wait_for(instance.passing_in_consul, 30, "the new instance to pass its Consul check")
-        _wait_for(lambda: instance.served() > 0, 5, "Envoy to send the new instance requests")
+        wait_for(instance.passing_in_consul, 30, "the new instance to pass its Consul check")
+        wait_for(lambda: instance.served() > 0, 5, "Envoy to send the new instance requests")
     assert set(loop.statuses) == {200}
     assert Supervisor(mesh).info()["envoy"]["pid"] == envoy_pid
 
 
 def test_killing_one_of_two_instances_during_200_gets_fails_none(mesh, rest, tokens, instance):
-    _wait_for(lambda: _envoy_hosts(mesh, "customer-service") >= {instance.port, mesh.customer_service_port}, 30,
+    wait_for(lambda: _envoy_hosts(mesh, "customer-service") >= {instance.port, mesh.customer_service_port}, 30,
               "Envoy to hold both instances")
     loop = GetLoop(mesh, _a_customer(rest), tokens, limit=200)
     with loop:
-        _wait_for(lambda: len(loop.statuses) >= 50 and instance.served() > 0, 30, "traffic on both instances")
+        wait_for(lambda: len(loop.statuses) >= 50 and instance.served() > 0, 30, "traffic on both instances")
         instance.kill()
         loop.wait_done(120)
     assert len(loop.statuses) == 200
     assert [status for status in loop.statuses if status != 200] == []
-    _wait_for(lambda: instance.port not in _envoy_hosts(mesh, "customer-service"), 30,
+    wait_for(lambda: instance.port not in _envoy_hosts(mesh, "customer-service"), 30,
               "Envoy to drop the killed instance")
 
 
@@ -266,7 +259,7 @@ def test_envoy_resubscribes_after_a_control_plane_restart(mesh, tmp_path):
     supervisor.rpc.startProcess("mesh-control-plane", True)
     late = Instance(mesh, tmp_path)
     try:
-        _wait_for(lambda: late.port in _envoy_hosts(mesh, "customer-service"), 30,
+        wait_for(lambda: late.port in _envoy_hosts(mesh, "customer-service"), 30,
                   "Envoy to learn an instance started after the restart")
     finally:
         late.stop()

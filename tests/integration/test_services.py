@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import uuid
 
 import grpc
@@ -22,7 +21,7 @@ from shopmesh.inventory.v1 import inventory_service_pb2 as inventory
 from shopmesh.inventory.v1 import inventory_service_pb2_grpc as inventory_grpc
 from shopmesh.stack import free_port
 from tests.auth import authorized_channel
-from tests.conftest import shopmesh
+from tests.conftest import shopmesh, wait_for
 
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
 
@@ -306,13 +305,6 @@ def _passing(mesh, service: str) -> set[int]:
     return {entry["Service"]["Port"] for entry in entries}
 
 
-def _wait_for(condition, seconds: float, what: str):
-    deadline = time.monotonic() + seconds
-    while not (result := condition()):
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.2)
-    return result
-
 
 def _bill_one(customers, products, bills) -> None:
     buyer, item = _new_customer(customers), _new_product(products, "1.00", 100)
@@ -329,11 +321,11 @@ def test_billing_spreads_over_two_customer_instances_and_drops_a_killed_one(mesh
         second = subprocess.Popen([sys.executable, "-m", "services.customer"], stdout=log, stderr=subprocess.STDOUT,
                                   env={**os.environ, "SHOPMESH_INSTANCE_PORT": str(port)})
     try:
-        _wait_for(lambda: port in _passing(mesh, "customer-service"), 30, "the second instance to pass")
+        wait_for(lambda: port in _passing(mesh, "customer-service"), 30, "the second instance to pass")
         first_log = mesh.log_dir / "customer-service.log"
         first_before = first_log.read_text().count("GetCustomer OK")
         _bill_one(customers, products, bills)
-        _wait_for(lambda: log_path.read_text().count("GetCustomer OK") > 0, 10, "calls on the second instance")
+        wait_for(lambda: log_path.read_text().count("GetCustomer OK") > 0, 10, "calls on the second instance")
         assert first_log.read_text().count("GetCustomer OK") > first_before
 
         billing_log = mesh.log_dir / "billing-service.log"
@@ -341,8 +333,8 @@ def test_billing_spreads_over_two_customer_instances_and_drops_a_killed_one(mesh
         seen_before = billing_log.read_text().count(only_first)
         second.send_signal(signal.SIGKILL)
         second.wait()
-        _wait_for(lambda: port not in _passing(mesh, "customer-service"), 30, "the killed instance to turn critical")
-        _wait_for(lambda: billing_log.read_text().count(only_first) > seen_before, 10,
+        wait_for(lambda: port not in _passing(mesh, "customer-service"), 30, "the killed instance to turn critical")
+        wait_for(lambda: billing_log.read_text().count(only_first) > seen_before, 10,
                   "billing to drop the killed instance")
         calls_after_kill = log_path.read_text().count("GetCustomer OK")
         _bill_one(customers, products, bills)
@@ -361,7 +353,7 @@ def test_scale_starts_another_registered_instance_and_scales_back(mesh):
     assert "inventory-service-2" in status.stdout
     back = shopmesh("scale", "inventory-service", "1")
     assert back.returncode == 0, back.stderr
-    _wait_for(lambda: _passing(mesh, "inventory-service") == {mesh.inventory_service_port}, 30,
+    wait_for(lambda: _passing(mesh, "inventory-service") == {mesh.inventory_service_port}, 30,
               "the second instance to leave Consul")
     assert "inventory-service-2" not in shopmesh("status").stdout
 
