@@ -47,8 +47,8 @@ def _up(settings: Settings) -> list[stack.Program]:
         raise
     say(f"all {len(programs)} parts healthy in {time.monotonic() - started:.0f} s")
     for program in programs:
-        typer.echo(f"  {program.name:<18} {program.url}")
-    typer.echo(f"  {'logs':<18} {settings.log_dir}/<part>.log   (shopmesh logs PART)")
+        typer.echo(f"  {program.name:<22} {program.url}")
+    typer.echo(f"  {'logs':<22} {settings.log_dir}/<part>.log   (shopmesh logs PART)")
     typer.echo(f"Try: curl -s {settings.gateway_url}/v1/products")
     return programs
 
@@ -113,7 +113,7 @@ def status() -> None:
         problem = program.probe(settings) if process.get("statename") == "RUNNING" else "not running"
         all_healthy &= problem is None
         verdict = "healthy" if problem is None else f"UNHEALTHY: {problem}"
-        typer.echo(f"{program.name:<18} {process.get('statename', 'UNKNOWN'):<9} pid {process.get('pid') or '-':<8}"
+        typer.echo(f"{program.name:<22} {process.get('statename', 'UNKNOWN'):<9} pid {process.get('pid') or '-':<8}"
                    f" {verdict:<12} {program.url}")
     raise typer.Exit(0 if all_healthy else 1)
 

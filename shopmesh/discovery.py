@@ -23,20 +23,27 @@ def _client(settings: Settings) -> consul.aio.Consul:
 
 
 class Registration:
-    """One instance of a service in Consul's catalog, under a unique id."""
+    """One instance of a service in Consul's catalog, under a unique id. A gRPC server is checked by Consul
+    through grpc.health.v1; a process without a port (ttl given) keeps its TTL check passing itself."""
 
-    def __init__(self, settings: Settings, service: str, port: int, tags: tuple[str, ...] = ("grpc",)) -> None:
+    def __init__(self, settings: Settings, service: str, port: int, tags: tuple[str, ...] = ("grpc",),
+                 ttl: str | None = None, service_id: str | None = None) -> None:
         self.settings = settings
         self.service = service
         self.port = port
         self.tags = list(tags)
-        self.service_id = f"{service}-{settings.host}-{port}"
+        self.ttl = ttl
+        self.service_id = service_id or f"{service}-{settings.host}-{port}"
 
     async def register(self) -> None:
         address = f"{self.settings.host}:{self.port}"
-        check = consul.Check.grpc(
-            address, self.settings.consul_check_interval, deregister=self.settings.consul_deregister_after
-        )
+        if self.ttl:
+            check = consul.Check.ttl(self.ttl)
+            check["DeregisterCriticalServiceAfter"] = self.settings.consul_deregister_after
+        else:
+            check = consul.Check.grpc(
+                address, self.settings.consul_check_interval, deregister=self.settings.consul_deregister_after
+            )
         client = _client(self.settings)
         try:
             # replace_existing_checks: a restarted instance re-registers cleanly under the same id.
@@ -47,6 +54,19 @@ class Registration:
         finally:
             await client.close()
         log.info("registered %s in Consul as %s (%s)", self.service, self.service_id, address)
+
+    async def keep_passing(self, every: float) -> None:
+        """Pass the TTL check every `every` seconds until cancelled."""
+        client = _client(self.settings)
+        try:
+            while True:
+                try:
+                    await client.agent.check.ttl_pass(f"service:{self.service_id}")
+                except Exception as error:  # noqa: BLE001 - Consul away for a moment: the next beat retries
+                    log.warning("could not pass the TTL check of %s: %s", self.service_id, error)
+                await asyncio.sleep(every)
+        finally:
+            await client.close()
 
     async def deregister(self) -> None:
         client = _client(self.settings)

@@ -84,7 +84,11 @@ def service_instance(settings: Settings, consul_name: str, port: int) -> str | N
     """Healthy once the instance serves gRPC health and Consul's own check of it passes (so it takes traffic)."""
     if problem := grpc_serving(settings, port):
         return problem
-    service_id = f"{consul_name}-{settings.host}-{port}"
+    return consul_passing(settings, f"{consul_name}-{settings.host}-{port}")
+
+
+def consul_passing(settings: Settings, service_id: str) -> str | None:
+    """Healthy once every Consul check of the service instance passes."""
     try:
         checks = httpx.get(f"{settings.consul_url}/v1/agent/checks", timeout=_TIMEOUT,
                            params={"filter": f'ServiceID == "{service_id}"'}).json()

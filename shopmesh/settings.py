@@ -53,6 +53,7 @@ class Settings(BaseSettings):
     consul_check_interval: str = "2s"
     consul_deregister_after: str = "30s"
 
+    facturation_rate: float = Field(1.0, description="Invoice events the producer sends per second.")
     kafka_heap: str = Field("512m", description="Kafka broker heap (-Xms and -Xmx).")
     keycloak_heap: str = Field("768m", description="Keycloak maximum heap.")
     keycloak_java_home: Path | None = Field(None, description="JDK for Keycloak; by default the newest JDK 21+ found.")

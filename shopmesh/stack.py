@@ -18,7 +18,7 @@ from pathlib import Path
 import consul
 import psutil
 
-from shopmesh import codegen, health, permissions, realm
+from shopmesh import codegen, health, invoices, permissions, realm
 from shopmesh.install import Installed, java_for, java_home_for_keycloak
 from shopmesh.settings import PROJECT_ROOT, Settings
 from shopmesh.supervise import ProgramSpec, Supervisor
@@ -56,7 +56,19 @@ def programs(settings: Settings, installed: Installed) -> list[Program]:
         for name in SERVICES
         for instance, port in enumerate(instance_ports(settings, name), start=1)
     ]
-    return infrastructure + services
+    return infrastructure + services + [_producer(settings)]
+
+
+def _producer(settings: Settings) -> Program:
+    return Program(
+        ProgramSpec("facturation-producer", [sys.executable, "-m", "services.facturation_producer"], stop_seconds=15),
+        ports={},
+        probe=lambda settings: health.consul_passing(settings, f"facturation-producer-{settings.host}"),
+        # It names real customers from the start once these are up; alone it falls back to a built-in list.
+        requires=("consul", "kafka", "keycloak", "customer-service"),
+        deadline=60,
+        url=f"kafka topic {invoices.FACTURATION}, {settings.facturation_rate:g} invoice(s)/s",
+    )
 
 
 # --- the gRPC services, and further instances of them -----------------------------------------------------------
@@ -177,9 +189,12 @@ def _kafka(settings: Settings, installed: Installed) -> Program:
         requires=("consul",),
         deadline=120,
         prepare=prepare,
-        register=lambda agent: agent.agent.service.register(
-            "kafka", service_id="kafka", address=settings.host, port=settings.kafka_port, tags=["broker", "kraft"],
-            check={"TCP": f"{settings.host}:{settings.kafka_port}", "Interval": "10s"},
+        register=lambda agent: (
+            agent.agent.service.register(
+                "kafka", service_id="kafka", address=settings.host, port=settings.kafka_port,
+                tags=["broker", "kraft"], check={"TCP": f"{settings.host}:{settings.kafka_port}", "Interval": "10s"},
+            ),
+            invoices.ensure_topics(settings),
         ),
         url=f"kafka://{settings.kafka_bootstrap}",
     )

@@ -8,11 +8,13 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from services.billing.models import Base, BillItemRow, BillRow
-from services.billing.upstream import Customers, Inventory
+from services.billing.models import Base, BillItemRow, BillRow, OutboxRow
+from services.billing.outbox import OutboxRelay
+from services.billing.clients import Customers, Inventory
 from shopmesh.auth import ServiceToken
 from services.customer.seed import CUSTOMERS
 from services.inventory.seed import PRODUCTS
+from shopmesh import invoices
 from shopmesh.billing.v1 import billing_service_pb2 as pb
 from shopmesh.billing.v1 import billing_service_pb2_grpc as pb_grpc
 from shopmesh.customer.v1.customer_service_pb2 import Customer
@@ -71,8 +73,9 @@ def new_bill(bill_id: str, customer: Customer, lines: list[tuple[str, int]], pro
 
 
 class BillingService(pb_grpc.BillingServiceServicer):
-    def __init__(self, db: Database, customers: Customers, inventory: Inventory) -> None:
+    def __init__(self, db: Database, customers: Customers, inventory: Inventory, relay: OutboxRelay) -> None:
         self.db = db
+        self.relay = relay
         self.customers = customers
         self.inventory = inventory
 
@@ -107,12 +110,19 @@ class BillingService(pb_grpc.BillingServiceServicer):
         try:
             row = new_bill(bill_id, customer, lines, products)
 
+            event = invoices.Invoice(bill_id, customer.name, row.total_cents, row.billing_date.replace(tzinfo=UTC))
+
             def store(session: Session) -> pb.Bill:
                 session.add(row)
+                # The bill's invoice event, in the same transaction: stored together or not at all.
+                session.add(OutboxRow(invoice_id=bill_id, key=event.key(), value=event.value(),
+                                      created_at=row.billing_date))
                 session.flush()
                 return to_message(row)
 
-            return await self.db.run(store)
+            bill = await self.db.run(store)
+            self.relay.wake.set()
+            return bill
         except BaseException:
             log.warning("bill %s not stored; giving its stock back", bill_id)
             await self.inventory.release(bill_id)
@@ -144,11 +154,14 @@ async def attach(server: grpc.aio.Server, settings: Settings):
     await db.seed(seed)
     token = ServiceToken(settings)
     customers, inventory = Customers(settings, token), Inventory(settings, token)
+    relay = OutboxRelay(settings, db)
     customers.start()
     inventory.start()
-    pb_grpc.add_BillingServiceServicer_to_server(BillingService(db, customers, inventory), server)
+    relay.start()
+    pb_grpc.add_BillingServiceServicer_to_server(BillingService(db, customers, inventory, relay), server)
 
     async def close() -> None:
+        await relay.stop()
         await customers.close()
         await inventory.close()
 

@@ -1,0 +1,3 @@
+from services.facturation_producer.producer import main
+
+main()

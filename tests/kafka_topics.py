@@ -1,0 +1,31 @@
+"""Reading a topic as it stands, for tests: every message up to the end offsets seen when reading starts."""
+
+from __future__ import annotations
+
+import json
+import time
+
+from kafka import KafkaConsumer, TopicPartition
+
+from shopmesh.settings import Settings
+
+
+def read_topic(settings: Settings, topic: str, timeout: float = 30) -> list:
+    consumer = KafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False)
+    try:
+        partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
+        consumer.assign(partitions)
+        consumer.seek_to_beginning(*partitions)
+        ends = consumer.end_offsets(partitions)
+        messages, deadline = [], time.monotonic() + timeout
+        while any(consumer.position(p) < ends[p] for p in partitions):
+            assert time.monotonic() < deadline, f"could not read {topic} to its end in {timeout} s"
+            for batch in consumer.poll(timeout_ms=500).values():
+                messages.extend(batch)
+        return messages
+    finally:
+        consumer.close()
+
+
+def invoice_ids(messages) -> list[str]:
+    return [json.loads(message.value)["invoice_id"] for message in messages]
