@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import signal
 import socket
+import subprocess
 import uuid
 
 import httpx
@@ -15,7 +17,7 @@ from kafka.admin import KafkaAdminClient, NewTopic
 
 from shopmesh import install
 from shopmesh.supervise import Supervisor
-from tests.conftest import shopmesh
+from tests.conftest import SHOPMESH, shopmesh
 
 
 def test_consul_has_elected_a_leader(mesh):
@@ -171,3 +173,28 @@ def test_down_of_a_mesh_that_is_not_running_says_so(tmp_path):
     assert result.returncode == 0
     assert "nothing is running" in result.stderr
 
+
+
+def test_run_brings_everything_up_and_ctrl_c_leaves_no_process_behind(mesh, tmp_path):
+    env = _isolated_env(tmp_path)
+    run = subprocess.Popen([*SHOPMESH, "run"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines: list[str] = []
+    try:
+        for line in run.stdout:
+            lines.append(line)
+            if "press Ctrl-C" in line:
+                break
+        assert any("healthy in" in line for line in lines), "".join(lines)
+        assert any(line.strip().startswith("envoy") and "http://" in line for line in lines), "".join(lines)
+        run.send_signal(signal.SIGINT)
+        rest, _ = run.communicate(timeout=180)
+    finally:
+        if run.poll() is None:
+            run.kill()
+    assert run.returncode == 0, "".join(lines) + rest
+    assert "stopped" in rest
+    leftovers = [
+        process.info["cmdline"] for process in psutil.process_iter(["cmdline"])
+        if any(str(tmp_path) in part for part in (process.info["cmdline"] or []))
+    ]
+    assert leftovers == []
