@@ -34,9 +34,13 @@ class Service:
     attach: Attach
     consul_name: str = ""  # the name it registers under; <name>-service when left empty
     authenticated: bool = True  # callers need a Keycloak token with a role of shopmesh/permissions.py
+    port_field: str = ""  # the Settings field of its port; <name>_service_port when left empty
 
     def registered_as(self) -> str:
         return self.consul_name or f"{self.name}-service"
+
+    def port(self, settings: Settings) -> int:
+        return settings.listen_port(self.port_field or f"{self.name}_service_port")
 
 
 async def serve(service: Service, settings: Settings) -> None:
@@ -49,7 +53,7 @@ async def serve(service: Service, settings: Settings) -> None:
         [service.full_name, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME],
         server,
     )
-    port = server.add_insecure_port(f"{settings.host}:{settings.service_port(service.name)}")
+    port = server.add_insecure_port(f"{settings.host}:{service.port(settings)}")
     await server.start()
     for name in ("", service.full_name):
         await health.set(name, health_pb2.HealthCheckResponse.SERVING)

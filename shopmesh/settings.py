@@ -71,11 +71,9 @@ class Settings(BaseSettings):
     def run_dir(self) -> Path:
         return self.var_dir / "run"
 
-    def service_port(self, service: str) -> int:
-        """The port this process serves on: the instance override, else the service's first-instance port."""
-        if self.instance_port is not None:
-            return self.instance_port
-        return getattr(self, f"{service}_port" if service == "control_plane" else f"{service}_service_port")
+    def listen_port(self, port_field: str) -> int:
+        """The port this process serves on: the instance override, else the named port setting."""
+        return self.instance_port if self.instance_port is not None else getattr(self, port_field)
 
     def database_url(self, service: str) -> str:
         return getattr(self, f"{service}_database_url") or f"sqlite:///{self.var_dir / 'data' / service}.db"

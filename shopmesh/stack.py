@@ -81,7 +81,7 @@ def _scale_file(settings: Settings) -> Path:
 def instance_ports(settings: Settings, service: str) -> list[int]:
     """The ports of the service's instances: the contract's for the first, those chosen by `scale` after it."""
     extra = json.loads(_scale_file(settings).read_text()) if _scale_file(settings).exists() else {}
-    return [settings.service_port(service), *extra.get(service, [])]
+    return [settings.listen_port(f"{service}_service_port"), *extra.get(service, [])]
 
 
 def set_instances(settings: Settings, service: str, count: int) -> list[int]:
@@ -98,7 +98,7 @@ def set_instances(settings: Settings, service: str, count: int) -> list[int]:
     extra[service] = ports
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(extra, indent=2))
-    return [settings.service_port(service), *ports]
+    return [settings.listen_port(f"{service}_service_port"), *ports]
 
 
 def free_port(host: str) -> int:

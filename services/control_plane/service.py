@@ -41,5 +41,6 @@ SERVICE = Service(
     ads_pb2.DESCRIPTOR.services_by_name["AggregatedDiscoveryService"].full_name,
     attach,
     consul_name="mesh-control-plane",
+    port_field="control_plane_port",
     authenticated=False,  # Envoy's ADS stream; the port binds the loopback address only
 )
