@@ -1,2 +1,16 @@
-"""Bytewax dataflows over FACTURATION. The arithmetic lives here as pure functions (invoices.py); the flows
-themselves (5-second totals, per-customer totals) are still to be written."""
+"""Bytewax dataflows over FACTURATION: `totals_5s` and `totals_by_customer`, run with `python -m dataflows NAME`.
+
+The arithmetic lives in invoices.py as pure functions, the Kafka edges in kafka.py; each flow is a short module
+of named steps. This package file stays free of Bytewax so the runtime can name the dataflows cheaply."""
+
+from __future__ import annotations
+
+from shopmesh.settings import Settings
+
+#: dataflow -> its name in Consul (shared/CONTRACT.md)
+CONSUL_NAMES = {"totals_5s": "analytics-totals-5s", "totals_by_customer": "analytics-totals-by-customer"}
+
+
+def service_id(dataflow: str, settings: Settings) -> str:
+    """One registration per dataflow and input topic: a test's dataflow on its own topic is told apart."""
+    return f"{CONSUL_NAMES[dataflow]}-{settings.host}-{settings.analytics_input_topic.lower()}"

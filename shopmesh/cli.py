@@ -11,9 +11,11 @@ from typing import Annotated
 
 import jwt
 import typer
+from kafka.errors import KafkaError
 from keycloak.exceptions import KeycloakError
+from rich.console import Console
 
-from shopmesh import codegen, install, realm, stack
+from shopmesh import codegen, install, realm, stack, watch
 from shopmesh.settings import Settings, load
 from shopmesh.supervise import Supervisor
 
@@ -47,8 +49,8 @@ def _up(settings: Settings) -> list[stack.Program]:
         raise
     say(f"all {len(programs)} parts healthy in {time.monotonic() - started:.0f} s")
     for program in programs:
-        typer.echo(f"  {program.name:<22} {program.url}")
-    typer.echo(f"  {'logs':<22} {settings.log_dir}/<part>.log   (shopmesh logs PART)")
+        typer.echo(f"  {program.name:<29} {program.url}")
+    typer.echo(f"  {'logs':<29} {settings.log_dir}/<part>.log   (shopmesh logs PART)")
     typer.echo(f"Try: curl -s {settings.gateway_url}/v1/products")
     return programs
 
@@ -113,7 +115,7 @@ def status() -> None:
         problem = program.probe(settings) if process.get("statename") == "RUNNING" else "not running"
         all_healthy &= problem is None
         verdict = "healthy" if problem is None else f"UNHEALTHY: {problem}"
-        typer.echo(f"{program.name:<22} {process.get('statename', 'UNKNOWN'):<9} pid {process.get('pid') or '-':<8}"
+        typer.echo(f"{program.name:<29} {process.get('statename', 'UNKNOWN'):<9} pid {process.get('pid') or '-':<8}"
                    f" {verdict:<12} {program.url}")
     raise typer.Exit(0 if all_healthy else 1)
 
@@ -178,6 +180,22 @@ def logs(
         fail(FileNotFoundError(f"no log for {part or 'any part'} under {settings.log_dir}"))
     argv = ["tail", f"-n{lines}", *(["-F"] if follow else []), *map(str, files)]
     sys.exit(subprocess.call(argv))
+
+
+@app.command("watch")
+def watch_command(
+    windows: Annotated[int, typer.Option("--windows", "-w", min=1, help="How many of the latest windows to show.")] = 12,
+    once: Annotated[bool, typer.Option("--once", help="Print the tables once and exit, instead of refreshing.")] = False,
+) -> None:
+    """Show the dataflows' output topics live: the latest 5-second windows, and each customer's total."""
+    settings = load()
+    try:
+        shown = watch.watch(settings, watch.View(windows_shown=windows), once=once)
+    except KafkaError as error:
+        fail(RuntimeError(f"cannot read Kafka at {settings.kafka_bootstrap} ({error}); is the mesh up? (`make up`)"))
+    except KeyboardInterrupt:
+        return
+    Console().print(shown.render())
 
 
 if __name__ == "__main__":

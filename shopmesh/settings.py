@@ -54,6 +54,16 @@ class Settings(BaseSettings):
     consul_deregister_after: str = "30s"
 
     facturation_rate: float = Field(1.0, description="Invoice events the producer sends per second.")
+    analytics_input_topic: str = Field("FACTURATION", description="The topic the dataflows read invoices from.")
+    analytics_total_5s_topic: str = "FACTURATION_TOTAL_5S"
+    analytics_by_customer_topic: str = "FACTURATION_TOTAL_BY_CUSTOMER"
+    analytics_dlq_topic: str = "FACTURATION_DLQ"
+    analytics_late_seconds: float = Field(
+        5.0, gt=0, description="How long a 5-second window waits for late invoices after it ends, in event time."
+    )
+    analytics_snapshot_seconds: float = Field(
+        2.0, gt=0, description="Bytewax snapshot interval: at most this much input is read again after a crash."
+    )
     kafka_heap: str = Field("512m", description="Kafka broker heap (-Xms and -Xmx).")
     keycloak_heap: str = Field("768m", description="Keycloak maximum heap.")
     keycloak_java_home: Path | None = Field(None, description="JDK for Keycloak; by default the newest JDK 21+ found.")
@@ -70,6 +80,11 @@ class Settings(BaseSettings):
     @cached_property
     def run_dir(self) -> Path:
         return self.var_dir / "run"
+
+    @cached_property
+    def recovery_dir(self) -> Path:
+        """Bytewax recovery stores, one folder per dataflow."""
+        return self.var_dir / "recovery"
 
     def listen_port(self, port_field: str) -> int:
         """The port this process serves on: the instance override, else the named port setting."""

@@ -18,6 +18,7 @@ from pathlib import Path
 import consul
 import psutil
 
+from dataflows import CONSUL_NAMES, service_id
 from shopmesh import codegen, health, invoices, permissions, realm
 from shopmesh.install import Installed, java_for, java_home_for_keycloak
 from shopmesh.settings import PROJECT_ROOT, Settings
@@ -56,7 +57,7 @@ def programs(settings: Settings, installed: Installed) -> list[Program]:
         for name in SERVICES
         for instance, port in enumerate(instance_ports(settings, name), start=1)
     ]
-    return infrastructure + services + [_producer(settings)]
+    return infrastructure + services + [_producer(settings)] + [_dataflow(settings, name) for name in CONSUL_NAMES]
 
 
 def _producer(settings: Settings) -> Program:
@@ -68,6 +69,20 @@ def _producer(settings: Settings) -> Program:
         requires=("consul", "kafka", "keycloak", "customer-service"),
         deadline=60,
         url=f"kafka topic {invoices.FACTURATION}, {settings.facturation_rate:g} invoice(s)/s",
+    )
+
+
+def _dataflow(settings: Settings, name: str) -> Program:
+    output = settings.analytics_total_5s_topic if name == "totals_5s" else settings.analytics_by_customer_topic
+    return Program(
+        # RUST_BACKTRACE off: Bytewax stops by panicking its workers, which is no error worth a backtrace.
+        ProgramSpec(CONSUL_NAMES[name], [sys.executable, "-m", "dataflows", name], env={"RUST_BACKTRACE": "0"},
+                    stop_seconds=15),
+        ports={},
+        probe=lambda settings: health.consul_passing(settings, service_id(name, settings)),
+        requires=("consul", "kafka"),
+        deadline=60,
+        url=f"kafka topic {output} (watch with `shopmesh watch`)",
     )
 
 

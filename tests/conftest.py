@@ -6,13 +6,15 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
+import httpx
 import pytest
 
 from shopmesh.settings import Settings, load
 from shopmesh.supervise import Supervisor
-from tests.auth import Tokens
+from tests.auth import Bearer, Tokens
 
 SHOPMESH = [sys.executable, "-m", "shopmesh.cli"]
 
@@ -51,3 +53,23 @@ def project_root() -> Path:
 @pytest.fixture(scope="session")
 def tokens(mesh) -> Tokens:
     return Tokens(mesh)
+
+
+@pytest.fixture(scope="session")
+def billing(mesh, tokens):
+    """bill(quantity) makes a bill as the billing manager, for one customer and product made for the session."""
+    admin = httpx.Client(base_url=mesh.gateway_url, timeout=30, auth=Bearer(tokens))
+    customer = admin.post("/v1/customers", json={"name": f"Streamer {uuid.uuid4().hex[:4]}",
+                                                 "email": f"{uuid.uuid4().hex[:10]}@example.com"}).json()
+    product = admin.post("/v1/products", json={"name": "Stream item", "price": "12.34", "quantity": 100}).json()
+    client = httpx.Client(base_url=mesh.gateway_url, timeout=30, auth=Bearer(tokens, "billing-manager"))
+
+    def bill(quantity: int = 1) -> dict:
+        answer = client.post("/v1/bills", json={"customerId": customer["id"],
+                                                "items": [{"productId": product["id"], "quantity": quantity}]})
+        assert answer.status_code == 200, answer.text
+        return answer.json()
+
+    yield bill
+    client.close()
+    admin.close()

@@ -104,7 +104,7 @@ def test_status_reports_every_part_healthy(mesh):
     lines = [line for line in status.stdout.splitlines() if line.strip()]
     assert [line.split()[0] for line in lines] == [
         "consul", "kafka", "keycloak", "mesh-control-plane", "envoy", "customer-service", "inventory-service",
-        "billing-service", "facturation-producer"]
+        "billing-service", "facturation-producer", "analytics-totals-5s", "analytics-totals-by-customer"]
     assert all(" healthy " in line for line in lines), status.stdout
 
 

@@ -5,40 +5,17 @@ from __future__ import annotations
 import json
 import re
 import time
-import uuid
 from decimal import Decimal
 
 import httpx
-import pytest
 from kafka.admin import KafkaAdminClient
 
 from shopmesh import health, invoices
 from shopmesh.supervise import Supervisor
-from tests.auth import Bearer
 from tests.conftest import wait_for
 from tests.kafka_topics import invoice_ids, read_topic
 
 ISO_MILLIS_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
-
-
-@pytest.fixture(scope="module")
-def billing(mesh, tokens):
-    """A client for the billing manager, and a customer and product to bill."""
-    admin = httpx.Client(base_url=mesh.gateway_url, timeout=30, auth=Bearer(tokens))
-    customer = admin.post("/v1/customers", json={"name": f"Streamer {uuid.uuid4().hex[:4]}",
-                                                 "email": f"{uuid.uuid4().hex[:10]}@example.com"}).json()
-    product = admin.post("/v1/products", json={"name": "Stream item", "price": "12.34", "quantity": 100}).json()
-    client = httpx.Client(base_url=mesh.gateway_url, timeout=30, auth=Bearer(tokens, "billing-manager"))
-
-    def bill(quantity: int = 1) -> dict:
-        answer = client.post("/v1/bills", json={"customerId": customer["id"],
-                                                "items": [{"productId": product["id"], "quantity": quantity}]})
-        assert answer.status_code == 200, answer.text
-        return answer.json()
-
-    yield bill
-    client.close()
-    admin.close()
 
 
 def test_the_contract_topics_exist_with_facturation_in_3_partitions(mesh):

@@ -7,7 +7,10 @@ from datetime import UTC, datetime
 
 import pytest
 
-from dataflows.invoices import BadInvoice, customer_total, dead_letter, parse, window_start, window_total
+from bytewax.operators.windowing import TumblingWindower
+
+from dataflows.invoices import (EPOCH, REMEMBERED_IDS, WINDOW, BadInvoice, ParsedInvoice, RunningTotal, WindowSum,
+                                customer_total, dead_letter, parse, window_start, window_total)
 
 
 def _raw(**fields) -> bytes:
@@ -46,6 +49,10 @@ def test_a_timestamp_with_an_offset_is_read_in_utc():
     (_raw(issued_at="yesterday"), "not an ISO 8601 timestamp"),
     (_raw(issued_at="2026-11-28T23:00:00"), "no time zone"),
     (b'\xff\xfe', "not JSON"),
+    (b"[" * 100_000, "not JSON"),
+    (_raw(amount=100_000_000_000), "too large"),
+    (b'{"invoice_id": "a", "customer_name": "b", "amount": 1e999999999, "issued_at": "2026-01-01T00:00:00Z"}',
+     "too large"),
 ])
 def test_each_kind_of_bad_invoice_is_named(raw, reason):
     with pytest.raises(BadInvoice, match=reason):
@@ -57,8 +64,38 @@ def test_each_kind_of_bad_invoice_is_named(raw, reason):
     (datetime(2026, 11, 28, 23, 0, 5, tzinfo=UTC), datetime(2026, 11, 28, 23, 0, 5, tzinfo=UTC)),
     (datetime(2026, 11, 28, 23, 0, 9, 999999, tzinfo=UTC), datetime(2026, 11, 28, 23, 0, 5, tzinfo=UTC)),
 ])
-def test_windows_are_5_seconds_aligned_to_the_epoch(moment, start):
-    assert window_start(moment) == start
+def test_windows_are_5_seconds_aligned_to_the_epoch_as_bytewax_numbers_them(moment, start):
+    [window_id] = TumblingWindower(WINDOW, align_to=EPOCH).build(None).open_for(moment)
+    assert window_start(window_id) == start
+
+
+def _invoice(invoice_id: str, cents: int, second: int = 0) -> ParsedInvoice:
+    return ParsedInvoice(invoice_id, "Imane", cents, datetime(2026, 11, 28, 23, 0, second, tzinfo=UTC))
+
+
+def test_a_window_sums_cents_and_counts_an_invoice_published_twice_once():
+    window = WindowSum()
+    for invoice in (_invoice("a", 10), _invoice("b", 1), _invoice("a", 10), _invoice("c", 999_999)):
+        window = window.add(invoice)
+    assert (window.total_cents, window.count) == (1_000_010, 3)
+    merged = window.merge(WindowSum().add(_invoice("d", 5)))
+    assert (merged.total_cents, merged.count) == (1_000_015, 4)
+
+
+def test_a_running_total_counts_each_invoice_once_and_keeps_the_latest_time():
+    total = RunningTotal()
+    assert [total.add(_invoice("a", 10, 4)), total.add(_invoice("b", 20, 2)), total.add(_invoice("a", 10, 9))] == [
+        True, True, False]
+    assert (total.total_cents, total.count, total.updated_at.second) == (30, 2, 4)
+
+
+def test_a_running_total_remembers_a_bounded_number_of_ids():
+    total = RunningTotal()
+    for number in range(REMEMBERED_IDS + 1):
+        total.add(_invoice(str(number), 1))
+    assert len(total.recent_ids) == REMEMBERED_IDS
+    assert total.add(_invoice("0", 1)) is True  # forgotten, so counted again
+    assert total.add(_invoice(str(REMEMBERED_IDS), 1)) is False
 
 
 def test_output_records_have_the_contract_shape():

@@ -1,0 +1,46 @@
+"""FACTURATION_TOTAL_5S: the total and count of the invoices issued in each 5-second window.
+
+Windows are tumbling, aligned to the epoch, on event time (`issued_at`). A window closes once the watermark,
+the latest `issued_at` seen less `analytics_late_seconds`, has passed its end; an invoice that arrives for a
+closed window goes to the dead-letter topic with the reason `late`."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import bytewax.operators as op
+from bytewax.connectors.kafka import KafkaSinkMessage
+from bytewax.dataflow import Dataflow
+from bytewax.operators.windowing import EventClock, fold_window
+
+from dataflows import kafka
+from dataflows.invoices import EPOCH, WINDOW, WindowSum, window_start, window_total
+from dataflows.windowing import KeptTumblingWindower
+from shopmesh.invoices import iso_millis
+from shopmesh.settings import Settings, load
+
+
+def flow(settings: Settings | None = None) -> Dataflow:
+    settings = settings or load()
+    late_after = timedelta(seconds=settings.analytics_late_seconds)
+    flow = Dataflow("totals_5s")
+    received = kafka.invoices(flow, settings, report_unreadable=False)  # totals_by_customer reports them
+    # One key: every window totals all customers.
+    everything = op.key_on("all customers", received, lambda _: "all")
+    clock = EventClock(lambda item: item.invoice.issued_at, wait_for_system_duration=late_after,
+                       # Wake up when a window can close, not at its end, which would poll until then.
+                       to_system_utc=lambda close: close + late_after)
+    windows = fold_window("5 s windows", everything, clock, KeptTumblingWindower(WINDOW, align_to=EPOCH),
+                          WindowSum, lambda window, item: window.add(item.invoice), WindowSum.merge,
+                          ordered=False)
+    closed = op.map("window totals", windows.down, _record)
+    kafka.write("write totals", closed, settings.analytics_total_5s_topic, settings)
+    late = op.map("late invoices", windows.late, lambda keyed: kafka.to_dead_letter("late", keyed[1][1].message))
+    kafka.write("write late invoices", late, settings.analytics_dlq_topic, settings)
+    return flow
+
+
+def _record(keyed: tuple[str, tuple[int, WindowSum]]) -> KafkaSinkMessage:
+    window_id, window = keyed[1]
+    start = window_start(window_id)
+    return KafkaSinkMessage(iso_millis(start).encode(), window_total(start, window.total_cents, window.count))

@@ -1,0 +1,35 @@
+"""FACTURATION_TOTAL_BY_CUSTOMER: each invoice publishes its customer's new running total and count, keyed by
+customer; the topic is a changelog, the latest record of a customer is their total.
+
+This dataflow counts every invoice, so it is the one that reports unreadable messages to the dead-letter topic;
+totals_5s reports only the invoices that came too late for their window."""
+
+from __future__ import annotations
+
+import bytewax.operators as op
+from bytewax.connectors.kafka import KafkaSinkMessage
+from bytewax.dataflow import Dataflow
+
+from dataflows import kafka
+from dataflows.invoices import RunningTotal, customer_total
+from shopmesh.settings import Settings, load
+
+
+def flow(settings: Settings | None = None) -> Dataflow:
+    settings = settings or load()
+    flow = Dataflow("totals_by_customer")
+    received = kafka.invoices(flow, settings, report_unreadable=True)
+    by_customer = op.key_on("by customer", received, lambda item: item.invoice.customer_name)
+    totals = op.stateful_flat_map("running totals", by_customer, _add)
+    kafka.write("write totals", op.key_rm("records", totals), settings.analytics_by_customer_topic, settings)
+    return flow
+
+
+def _add(total: RunningTotal | None, item: kafka.Received) -> tuple[RunningTotal, list[KafkaSinkMessage]]:
+    total = total or RunningTotal()
+    if not total.add(item.invoice):
+        return total, []  # an invoice published twice leaves the total as it was
+    # The record is made here, not downstream: the state keeps changing while the batch goes on.
+    customer = item.invoice.customer_name
+    return total, [KafkaSinkMessage(customer.encode(),
+                                    customer_total(customer, total.total_cents, total.count, total.updated_at))]
