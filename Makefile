@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run up down status logs install test unit clean
+.PHONY: run up down status logs watch install test unit clean
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "shopmesh needs Python 3.11 ($(PYTHON) not found)"; exit 1; }
@@ -29,6 +29,9 @@ status: $(STAMP)
 
 logs: $(STAMP)
 	$(BIN)/shopmesh logs
+
+watch: $(STAMP)
+	$(BIN)/shopmesh watch
 
 test: install
 	$(BIN)/pytest

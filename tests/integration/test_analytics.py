@@ -5,28 +5,23 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
-import sys
 import threading
 import time
 import uuid
 from collections import defaultdict
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from pathlib import Path
 
 import httpx
 import pytest
 from kafka import KafkaProducer
-from kafka.admin import KafkaAdminClient, NewTopic
 
 from dataflows import CONSUL_NAMES
 from shopmesh import invoices
 from shopmesh.settings import Settings
+from tests.analytics import RunningDataflow, Topics, own_topics, stopped_at_the_end
 from tests.conftest import shopmesh, wait_for
 from tests.kafka_topics import read_topic
 
@@ -35,80 +30,10 @@ BASE = datetime(2026, 1, 1, tzinfo=UTC)
 CUSTOMERS = ("Imane", "Mohamed", "Yassine")
 
 
-@dataclass(frozen=True)
-class Topics:
-    input: str
-    total_5s: str
-    by_customer: str
-    dlq: str
-
-    @classmethod
-    def unique(cls) -> Topics:
-        tag = uuid.uuid4().hex[:8]
-        return cls(f"test-{tag}-in", f"test-{tag}-5s", f"test-{tag}-by-customer", f"test-{tag}-dlq")
-
-    def env(self) -> dict[str, str]:
-        return {"SHOPMESH_ANALYTICS_INPUT_TOPIC": self.input, "SHOPMESH_ANALYTICS_TOTAL_5S_TOPIC": self.total_5s,
-                "SHOPMESH_ANALYTICS_BY_CUSTOMER_TOPIC": self.by_customer, "SHOPMESH_ANALYTICS_DLQ_TOPIC": self.dlq}
-
-
-@contextmanager
-def own_topics(settings: Settings) -> Iterator[Topics]:
-    """Topics of a test's own, FACTURATION's partitions on the input; deleted afterwards."""
-    made = Topics.unique()
-    admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
-    names = [made.input, made.total_5s, made.by_customer, made.dlq]
-    admin.create_topics([NewTopic(name, num_partitions=3 if name == made.input else 1, replication_factor=1)
-                         for name in names])
-    try:
-        yield made
-    finally:
-        admin.delete_topics(names)
-        admin.close()
-
-
 @pytest.fixture
 def topics(mesh) -> Iterator[Topics]:
     with own_topics(mesh) as made:
         yield made
-
-
-class RunningDataflow:
-    """`python -m dataflows NAME`, as the mesh runs it, on the test's topics and with its own recovery store."""
-
-    def __init__(self, name: str, topics: Topics, var_dir: Path, **settings: str) -> None:
-        self.name, self.var_dir = name, var_dir
-        self.env = {**os.environ, **topics.env(), "SHOPMESH_VAR_DIR": str(var_dir), "RUST_BACKTRACE": "0",
-                    **{f"SHOPMESH_ANALYTICS_{key.upper()}": value for key, value in settings.items()}}
-        self.process: subprocess.Popen | None = None
-
-    def start(self) -> RunningDataflow:
-        log = (self.var_dir / f"{self.name}.log").open("ab")
-        self.process = subprocess.Popen([sys.executable, "-m", "dataflows", self.name], env=self.env,
-                                        stdout=log, stderr=subprocess.STDOUT)
-        return self
-
-    def kill(self) -> None:
-        self.process.send_signal(signal.SIGKILL)
-        self.process.wait(10)
-
-    def stop(self) -> int:
-        self.process.send_signal(signal.SIGTERM)
-        return self.process.wait(30)
-
-    def log(self) -> str:
-        return (self.var_dir / f"{self.name}.log").read_text(errors="replace")
-
-
-@contextmanager
-def stopped_at_the_end() -> Iterator[list[RunningDataflow]]:
-    started: list[RunningDataflow] = []
-    try:
-        yield started
-    finally:
-        for dataflow in started:
-            if dataflow.process.poll() is None:
-                dataflow.stop()
 
 
 @pytest.fixture

@@ -1,0 +1,162 @@
+"""Throughput of each dataflow over a pre-loaded topic, and end-to-end latency at a steady rate.
+
+Run against a running mesh (`make up`):  .venv/bin/python -m bench.stream [--events 1000000] [--rate 1000]
+
+1. Loads --events invoices (100 customers, 1,000 per second of event time) into a topic of the bench's own
+   with FACTURATION's 3 partitions, then runs each dataflow (`python -m dataflows NAME`, one worker, recovery
+   on, as the mesh runs it) over it and prints events/s from its start to its last output.
+2. Runs totals_by_customer on fresh topics, sends --rate invoices/s for --seconds, and prints p50/p99 of the
+   time from an invoice's `issued_at` (its production) to the moment its customer's new total is read.
+The bench's topics are deleted at the end; the mesh's own topics are not touched.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import threading
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from confluent_kafka import Consumer, Producer, TopicPartition
+
+from dataflows.invoices import EPOCH, WINDOW, window_start
+from shopmesh.invoices import Invoice
+from shopmesh.settings import Settings, load
+from tests.analytics import RunningDataflow, Topics, own_topics
+
+CUSTOMERS = [f"customer-{number:03d}" for number in range(100)]
+#: Generous: a pre-loaded topic is read a batch per partition at a time, so event times interleave coarsely.
+LATE_SECONDS = 30
+
+
+def say(message: str) -> None:
+    print(f"[bench] {message}", flush=True)
+
+
+def window_start_of(moment: datetime) -> datetime:
+    return window_start((moment - EPOCH) // WINDOW)
+
+
+def _producer(settings: Settings) -> Producer:
+    return Producer({"bootstrap.servers": settings.kafka_bootstrap, "linger.ms": 20, "acks": "all",
+                     "queue.buffering.max.messages": 1_000_000})
+
+
+def preload(settings: Settings, topic: str, events: int, start: datetime) -> datetime:
+    """Send `events` invoices, 1,000 per second of event time from `start`; return the last issued_at."""
+    producer = _producer(settings)
+    began = time.perf_counter()
+    for number in range(events):
+        invoice = Invoice(uuid.uuid4().hex, CUSTOMERS[number % len(CUSTOMERS)], 100 + number % 10_000,
+                          start + timedelta(milliseconds=number))
+        while True:
+            try:
+                producer.produce(topic, key=invoice.key(), value=invoice.value())
+                break
+            except BufferError:
+                producer.poll(0.05)
+        if number % 100_000 == 99_999:
+            say(f"  {number + 1:,} sent")
+    producer.flush(120)
+    say(f"loaded {events:,} invoices in {time.perf_counter() - began:.1f} s")
+    return start + timedelta(milliseconds=events - 1)
+
+
+def end_offset(settings: Settings, topic: str) -> int:
+    consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": "bench-offsets"})
+    try:
+        _, high = consumer.get_watermark_offsets(TopicPartition(topic, 0), timeout=10)
+        return high
+    finally:
+        consumer.close()
+
+
+def throughput(settings: Settings, name: str, topics: Topics, events: int, records_when_done: int) -> None:
+    with tempfile.TemporaryDirectory(prefix="bench-") as var_dir:
+        dataflow = RunningDataflow(name, topics, Path(var_dir), late_seconds=str(LATE_SECONDS)).start()
+        output = topics.total_5s if name == "totals_5s" else topics.by_customer
+        began = time.perf_counter()
+        first = None
+        try:
+            while (records := end_offset(settings, output)) < records_when_done:
+                if records and first is None:
+                    first = time.perf_counter() - began
+                if dataflow.process.poll() is not None:
+                    raise SystemExit(f"{name} exited:\n{dataflow.log()[-3000:]}")
+                time.sleep(0.2)
+            elapsed = time.perf_counter() - began
+        finally:
+            dataflow.stop()
+    say(f"{name:<20} {events:,} invoices in {elapsed:.1f} s: {events / elapsed:,.0f} events/s "
+        f"(first output after {first or 0:.1f} s, start-up included)")
+
+
+def latency(settings: Settings, rate: int, seconds: float) -> None:
+    with own_topics(settings) as topics, tempfile.TemporaryDirectory(prefix="bench-") as var_dir:
+        dataflow = RunningDataflow("totals_by_customer", topics, Path(var_dir)).start()
+        consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": f"bench-{uuid.uuid4()}",
+                             "auto.offset.reset": "earliest", "enable.auto.commit": False})
+        consumer.subscribe([topics.by_customer])
+        latencies: list[float] = []
+        done = threading.Event()
+
+        def read() -> None:
+            while not done.is_set():
+                for message in consumer.consume(1000, 0.1):
+                    if message.error() is None:
+                        received = datetime.now(UTC)
+                        issued = datetime.fromisoformat(json.loads(message.value())["updated_at"])
+                        latencies.append((received - issued).total_seconds() * 1000)
+
+        reader = threading.Thread(target=read)
+        reader.start()
+        try:
+            time.sleep(3)  # the dataflow's start-up is not what is measured
+            producer, sent, began = _producer(settings), 0, time.perf_counter()
+            while (elapsed := time.perf_counter() - began) < seconds:
+                for _ in range(int(elapsed * rate) - sent):
+                    invoice = Invoice(uuid.uuid4().hex, CUSTOMERS[sent % len(CUSTOMERS)], 1234, datetime.now(UTC))
+                    producer.produce(topics.input, key=invoice.key(), value=invoice.value())
+                    sent += 1
+                producer.poll(0)
+                time.sleep(0.001)
+            producer.flush(30)
+            deadline = time.monotonic() + 30
+            while len(latencies) < sent and time.monotonic() < deadline:
+                time.sleep(0.2)
+        finally:
+            done.set()
+            reader.join()
+            consumer.close()
+            dataflow.stop()
+    # The first records include the dataflow catching up with what was sent before it was ready.
+    steady = latencies[len(latencies) // 10:]
+    cut = statistics.quantiles(steady, n=100)
+    say(f"totals_by_customer at {rate:,} invoices/s for {seconds:g} s: {len(latencies):,} of {sent:,} totals read; "
+        f"produce -> new total p50 {cut[49]:.1f} ms, p99 {cut[98]:.1f} ms (first 10% left out)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=1_000_000)
+    parser.add_argument("--rate", type=int, default=1000)
+    parser.add_argument("--seconds", type=float, default=30)
+    args = parser.parse_args()
+    settings = load()
+    with own_topics(settings) as topics:
+        start = datetime(2026, 1, 1, tzinfo=UTC)
+        last = preload(settings, topics.input, args.events, start)
+        # totals_5s is done when every window the watermark has passed (the last issued_at less the wait) is out.
+        closed = (window_start_of(last - timedelta(seconds=LATE_SECONDS)) - start) // WINDOW
+        throughput(settings, "totals_5s", topics, args.events, closed)
+        throughput(settings, "totals_by_customer", topics, args.events, args.events)
+    latency(settings, args.rate, args.seconds)
+
+
+if __name__ == "__main__":
+    main()
