@@ -13,4 +13,4 @@ CONSUL_NAMES = {"totals_5s": "analytics-totals-5s", "totals_by_customer": "analy
 
 def service_id(dataflow: str, settings: Settings) -> str:
     """One registration per dataflow and input topic: a test's dataflow on its own topic is told apart."""
-    return f"{CONSUL_NAMES[dataflow]}-{settings.host}-{settings.analytics_input_topic.lower()}"
+    return f"{CONSUL_NAMES[dataflow]}-{settings.advertise_address}-{settings.analytics_input_topic.lower()}"

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Annotated
 
 import jwt
@@ -15,7 +16,7 @@ from kafka.errors import KafkaError
 from keycloak.exceptions import KeycloakError
 from rich.console import Console
 
-from shopmesh import codegen, install, realm, stack, watch
+from shopmesh import codegen, gateway, health, install, invoices, realm, stack, watch
 from shopmesh.settings import Settings, load
 from shopmesh.supervise import Supervisor
 
@@ -180,6 +181,33 @@ def logs(
         fail(FileNotFoundError(f"no log for {part or 'any part'} under {settings.log_dir}"))
     argv = ["tail", f"-n{lines}", *(["-F"] if follow else []), *map(str, files)]
     sys.exit(subprocess.call(argv))
+
+
+@app.command()
+def provision() -> None:
+    """Create the Kafka topics and bring the Keycloak realm in line with keycloak/ (passwords from the
+    environment), as the mesh does once Kafka and Keycloak are healthy (used by docker-compose.yml)."""
+    settings = load()
+    created = invoices.ensure_topics(settings)
+    changed = realm.apply(settings)
+    typer.echo(f"topics created: {', '.join(created) or 'none'}; realm changes: {', '.join(changed) or 'none'}")
+
+
+@app.command()
+def healthcheck(port: Annotated[int, typer.Argument(help="The gRPC port of a process on this machine.")]) -> None:
+    """Exit 0 if the gRPC server on 127.0.0.1:PORT answers grpc.health.v1 with SERVING (a container's check)."""
+    if problem := health.grpc_serving(load().model_copy(update={"host": "127.0.0.1"}), port):
+        fail(RuntimeError(problem))
+
+
+@app.command("envoy-bootstrap")
+def envoy_bootstrap(
+    folder: Annotated[Path, typer.Argument(help="Where to write bootstrap.yaml and the descriptor set it names.")],
+) -> None:
+    """Render Envoy's bootstrap with the SHOPMESH_* settings, as the mesh starts Envoy (used by docker-compose.yml)."""
+    if not codegen.DESCRIPTOR_SET.exists():
+        fail(FileNotFoundError(f"no descriptor set at {codegen.DESCRIPTOR_SET}: generate it with `shopmesh install`"))
+    typer.echo(gateway.write_bootstrap(load(), folder))
 
 
 @app.command("watch")

@@ -19,7 +19,7 @@ log = logging.getLogger(__name__)
 
 
 def _client(settings: Settings) -> consul.aio.Consul:
-    return consul.aio.Consul(host=settings.host, port=settings.consul_http_port)
+    return consul.aio.Consul(host=settings.consul_host or settings.host, port=settings.consul_http_port)
 
 
 class Registration:
@@ -33,10 +33,10 @@ class Registration:
         self.port = port
         self.tags = list(tags)
         self.ttl = ttl
-        self.service_id = service_id or f"{service}-{settings.host}-{port}"
+        self.service_id = service_id or f"{service}-{settings.advertise_address}-{port}"
 
     async def register(self) -> None:
-        address = f"{self.settings.host}:{self.port}"
+        address = f"{self.settings.advertise_address}:{self.port}"
         if self.ttl:
             check = consul.Check.ttl(self.ttl)
             check["DeregisterCriticalServiceAfter"] = self.settings.consul_deregister_after
@@ -48,7 +48,7 @@ class Registration:
         try:
             # replace_existing_checks: a restarted instance re-registers cleanly under the same id.
             await client.agent.service.register(
-                self.service, service_id=self.service_id, address=self.settings.host, port=self.port,
+                self.service, service_id=self.service_id, address=self.settings.advertise_address, port=self.port,
                 tags=self.tags, check=check, replace_existing_checks=True,
             )
         finally:

@@ -84,7 +84,7 @@ def service_instance(settings: Settings, consul_name: str, port: int) -> str | N
     """Healthy once the instance serves gRPC health and Consul's own check of it passes (so it takes traffic)."""
     if problem := grpc_serving(settings, port):
         return problem
-    return consul_passing(settings, f"{consul_name}-{settings.host}-{port}")
+    return consul_passing(settings, f"{consul_name}-{settings.advertise_address}-{port}")
 
 
 def consul_passing(settings: Settings, service_id: str) -> str | None:

@@ -33,6 +33,7 @@ KAFKA_VERSION = "4.1.1"
 KEYCLOAK_VERSION = "26.4.7"
 GRPCURL_VERSION = "1.9.3"
 OPENAPI_VERSION = "0.7.1"
+DOCKERFILE_UTILS_VERSION = "0.16.3"  # npm: the Dockerfile linter of the tests
 
 
 class InstallError(RuntimeError):
@@ -286,6 +287,22 @@ def go_tool(name: str, package: str, version: str, version_flag: str | None) -> 
     return Component(name, version, build, verify)
 
 
+def npm_tool(name: str, package: str, version: str) -> Component:
+    """A command from the npm registry, installed with the machine's npm; `name -v` must report the version."""
+
+    def build(staging: Path) -> None:
+        run_step(f"{name} {version}: installing from the npm registry",
+                 ["npm", "install", "--prefix", str(staging), "--no-audit", "--no-fund", f"{package}@{version}"])
+
+    def verify(home: Path) -> str:
+        reported = run_step(f"{name}: checking {name} -v", [str(home / "node_modules" / ".bin" / name), "-v"]).strip()
+        if version not in reported:
+            raise InstallError(f"{name} -v does not report {version}: {reported}")
+        return reported
+
+    return Component(name, version, build, verify)
+
+
 # --- Java -----------------------------------------------------------------------------------------------------
 
 
@@ -333,6 +350,9 @@ def ensure_tools(tools: dict[str, str] = DEBIAN_TOOLS) -> None:
     run_step(f"apt-get: installing {' '.join(packages)}", ["apt-get", "install", "-y", "-q", *packages],
              env={"DEBIAN_FRONTEND": "noninteractive"})
 
+
+#: Tools of the test suite only, installed by the tests that use them.
+DOCKERFILE_LINTER = npm_tool("dockerfile-utils", "dockerfile-utils", DOCKERFILE_UTILS_VERSION)
 
 COMPONENTS = {
     "consul": Component("consul", CONSUL_VERSION, _build_consul, _verify_consul),

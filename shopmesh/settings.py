@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 from functools import cached_property
 from pathlib import Path
 
@@ -27,6 +28,13 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="SHOPMESH_", frozen=True)
 
     host: str = Field("127.0.0.1", description="Address every process binds to.")
+    # Natively every part is on `host`. In containers (docker-compose.yml) each part binds 0.0.0.0 and is reached
+    # by its container's name, so where a part is reached at comes from these, each defaulting to `host`.
+    advertise_host: str | None = Field(None, description="Address this process is registered in Consul with.")
+    consul_host: str | None = None
+    kafka_host: str | None = None
+    keycloak_host: str | None = None
+    control_plane_host: str | None = None
     cache_dir: Path = Field(default_factory=_default_cache_dir, description="Per-user cache of installed components.")
     var_dir: Path = Field(PROJECT_ROOT / "var", description="Logs, state and the supervisor socket of this checkout.")
 
@@ -93,13 +101,21 @@ class Settings(BaseSettings):
     def database_url(self, service: str) -> str:
         return getattr(self, f"{service}_database_url") or f"sqlite:///{self.var_dir / 'data' / service}.db"
 
+    @cached_property
+    def advertise_address(self) -> str:
+        """Where others reach this process: advertise_host; else, bound to every interface (in a container), the
+        address of this machine's name; else the address it binds."""
+        if self.advertise_host:
+            return self.advertise_host
+        return socket.gethostbyname(socket.gethostname()) if self.host == "0.0.0.0" else self.host
+
     @property
     def consul_url(self) -> str:
-        return f"http://{self.host}:{self.consul_http_port}"
+        return f"http://{self.consul_host or self.host}:{self.consul_http_port}"
 
     @property
     def keycloak_url(self) -> str:
-        return f"http://{self.host}:{self.keycloak_port}"
+        return f"http://{self.keycloak_host or self.host}:{self.keycloak_port}"
 
     @property
     def keycloak_issuer(self) -> str:
@@ -116,7 +132,7 @@ class Settings(BaseSettings):
 
     @property
     def kafka_bootstrap(self) -> str:
-        return f"{self.host}:{self.kafka_port}"
+        return f"{self.kafka_host or self.host}:{self.kafka_port}"
 
 
 def load() -> Settings:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import shutil
 import socket
-import string
 import subprocess
 import sys
 import time
@@ -19,7 +18,7 @@ import consul
 import psutil
 
 from dataflows import CONSUL_NAMES, service_id
-from shopmesh import codegen, health, invoices, permissions, realm
+from shopmesh import codegen, gateway, health, invoices, realm
 from shopmesh.install import Installed, java_for, java_home_for_keycloak
 from shopmesh.settings import PROJECT_ROOT, Settings
 from shopmesh.supervise import ProgramSpec, Supervisor
@@ -64,7 +63,7 @@ def _producer(settings: Settings) -> Program:
     return Program(
         ProgramSpec("facturation-producer", [sys.executable, "-m", "services.facturation_producer"], stop_seconds=15),
         ports={},
-        probe=lambda settings: health.consul_passing(settings, f"facturation-producer-{settings.host}"),
+        probe=lambda settings: health.consul_passing(settings, f"facturation-producer-{settings.advertise_address}"),
         # It names real customers from the start once these are up; alone it falls back to a built-in list.
         requires=("consul", "kafka", "keycloak", "customer-service"),
         deadline=60,
@@ -265,16 +264,6 @@ def _keycloak(settings: Settings, installed: Installed) -> Program:
 def _envoy(settings: Settings, installed: Installed) -> Program:
     bootstrap = settings.var_dir / "envoy" / "bootstrap.yaml"
 
-    def render_bootstrap() -> None:
-        template = string.Template((PROJECT_ROOT / "envoy" / "bootstrap.yaml").read_text())
-        bootstrap.parent.mkdir(parents=True, exist_ok=True)
-        bootstrap.write_text(template.substitute(
-            host=settings.host, gateway_port=settings.gateway_port, admin_port=settings.envoy_admin_port,
-            control_plane_port=settings.control_plane_port, descriptor_set=codegen.DESCRIPTOR_SET,
-            keycloak_port=settings.keycloak_port, issuer=settings.keycloak_issuer,
-            rbac_policies=json.dumps(permissions.rbac_policies()),
-        ))
-
     argv = [str(installed.envoy / "bin" / "envoy"), "-c", str(bootstrap), "--disable-hot-restart",
             "--log-level", "info"]
     ready = f"{settings.envoy_admin_url}/ready"
@@ -284,7 +273,7 @@ def _envoy(settings: Settings, installed: Installed) -> Program:
         probe=health.envoy_ready,
         requires=("consul", "mesh-control-plane", "keycloak"),
         deadline=60,
-        prepare=render_bootstrap,
+        prepare=lambda: gateway.write_bootstrap(settings, bootstrap.parent),
         register=lambda agent: agent.agent.service.register(
             "gateway", service_id="gateway", address=settings.host, port=settings.gateway_port, tags=["envoy"],
             check={"HTTP": ready, "Interval": "5s"},

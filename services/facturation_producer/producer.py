@@ -52,7 +52,7 @@ def invoice(customer_name: str) -> invoices.Invoice:
 
 async def run(settings: Settings) -> None:
     registration = Registration(settings, "facturation-producer", 0, tags=("kafka",), ttl="10s",
-                                service_id=f"facturation-producer-{settings.host}")
+                                service_id=f"facturation-producer-{settings.advertise_address}")
     await registration.register()
     heartbeat = asyncio.create_task(registration.keep_passing(3))
     names = CustomerNames(settings)
