@@ -69,12 +69,12 @@ def main(name: Name) -> None:
     store = recovery_store(name, settings)
     registration = Registration(settings, CONSUL_NAMES[name.value], 0, tags=("bytewax", "kafka"), ttl="10s",
                                 service_id=service_id(name.value, settings))
-    _heartbeat(registration)
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, _stop)
-    log.info("%s: %s -> results, snapshots every %gs in %s", name.value, settings.analytics_input_topic,
-             settings.analytics_snapshot_seconds, store)
     try:
+        _heartbeat(registration)
+        log.info("%s: %s -> results, snapshots every %gs in %s", name.value, settings.analytics_input_topic,
+                 settings.analytics_snapshot_seconds, store)
         cli_main(FLOWS[name.value](settings), epoch_interval=timedelta(seconds=settings.analytics_snapshot_seconds),
                  recovery_config=RecoveryConfig(store))
     except (KeyboardInterrupt, BytewaxRuntimeError):
