@@ -67,23 +67,17 @@ def preload(settings: Settings, topic: str, events: int, start: datetime) -> dat
     return start + timedelta(milliseconds=events - 1)
 
 
-def end_offset(settings: Settings, topic: str) -> int:
-    consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": "bench-offsets"})
-    try:
-        _, high = consumer.get_watermark_offsets(TopicPartition(topic, 0), timeout=10)
-        return high
-    finally:
-        consumer.close()
-
-
 def throughput(settings: Settings, name: str, topics: Topics, events: int, records_when_done: int) -> None:
     with tempfile.TemporaryDirectory(prefix="bench-") as var_dir:
         dataflow = RunningDataflow(name, topics, Path(var_dir), late_seconds=str(LATE_SECONDS)).start()
         output = topics.total_5s if name == "totals_5s" else topics.by_customer
+        # One client for the whole run: the loop below only asks it for the output's end offset.
+        offsets = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": "bench-offsets"})
         began = time.perf_counter()
         first = None
         try:
-            while (records := end_offset(settings, output)) < records_when_done:
+            while (records := offsets.get_watermark_offsets(TopicPartition(output, 0), timeout=10)[1]) \
+                    < records_when_done:
                 if records and first is None:
                     first = time.perf_counter() - began
                 if dataflow.process.poll() is not None:
@@ -91,6 +85,7 @@ def throughput(settings: Settings, name: str, topics: Topics, events: int, recor
                 time.sleep(0.2)
             elapsed = time.perf_counter() - began
         finally:
+            offsets.close()
             dataflow.stop()
     say(f"{name:<20} {events:,} invoices in {elapsed:.1f} s: {events / elapsed:,.0f} events/s "
         f"(first output after {first or 0:.1f} s, start-up included)")

@@ -20,6 +20,9 @@ from shopmesh import codegen, gateway, health, install, invoices, realm, stack, 
 from shopmesh.settings import Settings, load
 from shopmesh.supervise import Supervisor
 
+#: Wide enough for the longest part's name, analytics-totals-by-customer.
+NAME_WIDTH = 29
+
 app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 
 
@@ -50,8 +53,8 @@ def _up(settings: Settings) -> list[stack.Program]:
         raise
     say(f"all {len(programs)} parts healthy in {time.monotonic() - started:.0f} s")
     for program in programs:
-        typer.echo(f"  {program.name:<29} {program.url}")
-    typer.echo(f"  {'logs':<29} {settings.log_dir}/<part>.log   (shopmesh logs PART)")
+        typer.echo(f"  {program.name:<{NAME_WIDTH}} {program.url}")
+    typer.echo(f"  {'logs':<{NAME_WIDTH}} {settings.log_dir}/<part>.log   (shopmesh logs PART)")
     typer.echo(f"Try: curl -s {settings.gateway_url}/v1/products")
     return programs
 
@@ -116,7 +119,8 @@ def status() -> None:
         problem = program.probe(settings) if process.get("statename") == "RUNNING" else "not running"
         all_healthy &= problem is None
         verdict = "healthy" if problem is None else f"UNHEALTHY: {problem}"
-        typer.echo(f"{program.name:<29} {process.get('statename', 'UNKNOWN'):<9} pid {process.get('pid') or '-':<8}"
+        typer.echo(f"{program.name:<{NAME_WIDTH}} {process.get('statename', 'UNKNOWN'):<9}"
+                   f" pid {process.get('pid') or '-':<8}"
                    f" {verdict:<12} {program.url}")
     raise typer.Exit(0 if all_healthy else 1)
 
@@ -212,8 +216,10 @@ def envoy_bootstrap(
 
 @app.command("watch")
 def watch_command(
-    windows: Annotated[int, typer.Option("--windows", "-w", min=1, help="How many of the latest windows to show.")] = 12,
-    once: Annotated[bool, typer.Option("--once", help="Print the tables once and exit, instead of refreshing.")] = False,
+    windows: Annotated[int, typer.Option("--windows", "-w", min=1,
+                                         help="How many of the latest windows to show.")] = 12,
+    once: Annotated[bool, typer.Option("--once",
+                                       help="Print the tables once and exit, instead of refreshing.")] = False,
 ) -> None:
     """Show the dataflows' output topics live: the latest 5-second windows, and each customer's total."""
     settings = load()

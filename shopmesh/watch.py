@@ -65,13 +65,17 @@ def _consumer(settings: Settings, topics: Iterable[str]) -> KafkaConsumer:
     return consumer
 
 
+def _poll(settings: Settings, view: View, consumer: KafkaConsumer, seconds: float) -> None:
+    for partition, messages in consumer.poll(timeout_ms=int(seconds * 1000)).items():
+        for message in messages:
+            view.take(partition.topic, message.value, settings)
+
+
 def read_all(settings: Settings, view: View, consumer: KafkaConsumer) -> None:
     """Take every record up to the current end of the topics."""
     end = consumer.end_offsets(list(consumer.assignment()))
     while any(consumer.position(partition) < offset for partition, offset in end.items()):
-        for partition, messages in consumer.poll(timeout_ms=500).items():
-            for message in messages:
-                view.take(partition.topic, message.value, settings)
+        _poll(settings, view, consumer, 0.5)
 
 
 def watch(settings: Settings, view: View, once: bool, refresh_seconds: float = 1.0) -> View:
@@ -85,9 +89,7 @@ def watch(settings: Settings, view: View, once: bool, refresh_seconds: float = 1
             while True:
                 deadline = time.monotonic() + refresh_seconds
                 while (left := deadline - time.monotonic()) > 0:
-                    for partition, messages in consumer.poll(timeout_ms=int(left * 1000)).items():
-                        for message in messages:
-                            view.take(partition.topic, message.value, settings)
+                    _poll(settings, view, consumer, left)
                 live.update(view.render(), refresh=True)
     finally:
         consumer.close()

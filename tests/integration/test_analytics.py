@@ -170,7 +170,9 @@ def test_per_customer_totals_are_exact_and_a_repeated_invoice_counts_once(mesh, 
 
 def test_each_kind_of_bad_message_is_dead_lettered_with_its_reason_and_origin(mesh, deterministic_run):
     topics, sent = deterministic_run.topics, deterministic_run.sent
-    unreadable = lambda: [m for m in read_topic(mesh, topics.dlq) if json.loads(m.value)["error"] != "late"]  # noqa: E731
+    def unreadable() -> list:
+        return [m for m in read_topic(mesh, topics.dlq) if json.loads(m.value)["error"] != "late"]
+
     letters = wait_for(lambda: (found := unreadable()) and len(found) >= len(BAD_MESSAGES) and found, 60,
                        "the dead letters")
     time.sleep(2)  # the other dataflow would have reported them by now too

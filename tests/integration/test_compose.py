@@ -143,7 +143,8 @@ def test_services_can_be_scaled_no_fixed_host_port_or_container_name(compose):
 
 
 def _waits_for(compose: dict, name: str) -> dict[str, str]:
-    return {dependency: spec["condition"] for dependency, spec in compose["services"][name].get("depends_on", {}).items()}
+    depends_on = compose["services"][name].get("depends_on", {})
+    return {dependency: spec["condition"] for dependency, spec in depends_on.items()}
 
 
 def test_the_start_order_is_that_of_make_run(compose):
