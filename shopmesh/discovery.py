@@ -19,7 +19,7 @@ log = logging.getLogger(__name__)
 
 
 def _client(settings: Settings) -> consul.aio.Consul:
-    return consul.aio.Consul(host=settings.consul_host or settings.host, port=settings.consul_http_port)
+    return consul.aio.Consul(host=settings.consul_address, port=settings.consul_http_port)
 
 
 class Registration:

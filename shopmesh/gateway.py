@@ -22,8 +22,8 @@ def write_bootstrap(settings: Settings, folder: Path) -> Path:
     bootstrap = folder / "bootstrap.yaml"
     bootstrap.write_text(string.Template(TEMPLATE.read_text()).substitute(
         host=settings.host, gateway_port=settings.gateway_port, admin_port=settings.envoy_admin_port,
-        control_plane_host=settings.control_plane_host or settings.host, control_plane_port=settings.control_plane_port,
-        keycloak_host=settings.keycloak_host or settings.host, keycloak_port=settings.keycloak_port,
+        control_plane_host=settings.control_plane_address, control_plane_port=settings.control_plane_port,
+        keycloak_host=settings.keycloak_address, keycloak_port=settings.keycloak_port,
         issuer=settings.keycloak_issuer, descriptor_set=descriptor_set,
         rbac_policies=json.dumps(permissions.rbac_policies()),
     ))

@@ -110,12 +110,24 @@ class Settings(BaseSettings):
         return socket.gethostbyname(socket.gethostname()) if self.host == "0.0.0.0" else self.host
 
     @property
+    def consul_address(self) -> str:
+        return self.consul_host or self.host
+
+    @property
+    def keycloak_address(self) -> str:
+        return self.keycloak_host or self.host
+
+    @property
+    def control_plane_address(self) -> str:
+        return self.control_plane_host or self.host
+
+    @property
     def consul_url(self) -> str:
-        return f"http://{self.consul_host or self.host}:{self.consul_http_port}"
+        return f"http://{self.consul_address}:{self.consul_http_port}"
 
     @property
     def keycloak_url(self) -> str:
-        return f"http://{self.keycloak_host or self.host}:{self.keycloak_port}"
+        return f"http://{self.keycloak_address}:{self.keycloak_port}"
 
     @property
     def keycloak_issuer(self) -> str:
