@@ -47,9 +47,12 @@ def render_config(settings: Settings, programs: Sequence[ProgramSpec]) -> str:
         "supervisor.rpcinterface_factory": "supervisor.rpcinterface:make_main_rpcinterface"
     }
     config["supervisorctl"] = {"serverurl": f"unix://{settings.run_dir / 'supervisor.sock'}"}
-    for program in programs:
+    for position, program in enumerate(programs, start=1):
         section = {
             "command": _escape(shlex.join(program.argv)),
+            # programs come in start order; supervisord stops the highest priority first and waits for it, so
+            # shutting down is the start order reversed: the dataflows are gone before Kafka, say.
+            "priority": str(position * 10),
             "directory": str(PROJECT_ROOT),
             # The runtime starts each program once the programs it depends on are healthy.
             "autostart": "false",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from shopmesh.settings import Settings
@@ -88,3 +90,11 @@ def test_the_supervisor_config_escapes_percent_signs_and_logs_each_program_to_it
     assert 'environment=OPTS="a%%b"' in text
     assert f"stdout_logfile={tmp_path / 'log' / 'kafka.log'}" in text
     assert "autostart=false" in text
+
+
+def test_programs_are_stopped_in_the_reverse_of_their_start_order(tmp_path):
+    # supervisord stops the highest priority first: the last started, as the dataflows before Kafka.
+    text = render_config(Settings(var_dir=tmp_path), [ProgramSpec(name, ["true"]) for name in
+                                                      ("consul", "kafka", "analytics-totals-5s")])
+    priorities = dict(re.findall(r"\[program:(\S+)\]\n(?:.*\n)*?priority=(\d+)", text))
+    assert sorted(priorities, key=lambda name: int(priorities[name])) == ["consul", "kafka", "analytics-totals-5s"]
