@@ -82,6 +82,8 @@ def run() -> None:
     settings = load()
     # SIGTERM (from a process manager or `kill`) stops the mesh as Ctrl-C does.
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    # Ctrl-C even when started from a shell's background job, which starts its commands with SIGINT ignored.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     supervisor = Supervisor(settings)
     try:
         _up(settings)
