@@ -7,11 +7,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
-from sqlalchemy import Engine, MetaData, create_engine, event
+import logging
+
+from sqlalchemy import Engine, Index, MetaData, create_engine, event
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 
 def make_engine(url: str) -> Engine:
@@ -34,9 +37,16 @@ def make_engine(url: str) -> Engine:
 class Database:
     """The schema created on first start, and sessions run off the event loop."""
 
-    def __init__(self, url: str, metadata: MetaData) -> None:
+    def __init__(self, url: str, metadata: MetaData, indexes: tuple[Index, ...] = ()) -> None:
         self.engine = make_engine(url)
         metadata.create_all(self.engine)
+        # create_all makes the tables that are missing; an index added since reaches an existing table here.
+        for index in indexes:
+            try:
+                index.create(self.engine, checkfirst=True)
+            except IntegrityError as error:
+                log.error("cannot create the index %s: the stored rows break it (%s); fix them and restart",
+                          index.name, error.orig)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
 
     def session(self) -> Session:

@@ -18,6 +18,18 @@ log = logging.getLogger(__name__)
 access = logging.getLogger("shopmesh.access")
 
 
+#: How much of a client's value an error message quotes: messages travel in gRPC trailers and HTTP headers,
+#: whose size is bounded, so a huge input must never be echoed whole.
+QUOTED_CHARACTERS = 40
+
+
+def shown(value: str, limit: int = QUOTED_CHARACTERS) -> str:
+    """A client's value as an error message quotes it: in full when short, else its start and its length."""
+    if len(value) <= limit:
+        return repr(value)
+    return f"{value[:limit]!r}… ({len(value)} characters)"
+
+
 class ServiceError(Exception):
     code = grpc.StatusCode.UNKNOWN
 

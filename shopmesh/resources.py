@@ -11,11 +11,46 @@ from sqlalchemy import Select
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from shopmesh import paging
-from shopmesh.errors import InvalidArgument
+from shopmesh.errors import InvalidArgument, shown
+
+#: The bounds of client input that the protos document. Each keeps stored rows, answers and error messages
+#: small, whatever a client sends.
+MAX_ID = 64
+MAX_NAME = 200
+MAX_LINES = 100
+MAX_QUANTITY = 1_000_000
 
 
 def new_id() -> str:
     return uuid.uuid4().hex
+
+
+def check_id(value: str, field: str) -> str:
+    """An id as clients send it: not empty, at most MAX_ID characters."""
+    if not value:
+        raise InvalidArgument(field, "must not be empty")
+    if len(value) > MAX_ID:
+        raise InvalidArgument(field, f"must be at most {MAX_ID} characters, got {len(value)}")
+    return value
+
+
+def check_name(value: str, field: str) -> str:
+    """A display name: not blank, at most MAX_NAME characters once trimmed."""
+    name = value.strip()
+    if not name:
+        raise InvalidArgument(field, "must not be empty")
+    if len(name) > MAX_NAME:
+        raise InvalidArgument(field, f"must be at most {MAX_NAME} characters, got {len(name)}")
+    return name
+
+
+def target_id(path_id: str, resource_id: str, field: str) -> str:
+    """The id an Update names: the request's own id (the path's, over REST), which the resource's id may only
+    repeat; without it, the resource's id."""
+    if path_id and resource_id and path_id != resource_id:
+        raise InvalidArgument(f"{field}.id", f"{shown(resource_id)} differs from the id {shown(path_id)} in the path; "
+                                             "the path names what is changed")
+    return check_id(path_id or resource_id, "id" if path_id else f"{field}.id")
 
 
 def fields_to_update(resource: Message, mask: FieldMask, allowed: Sequence[str]) -> list[str]:
@@ -23,7 +58,7 @@ def fields_to_update(resource: Message, mask: FieldMask, allowed: Sequence[str])
     if mask.paths:
         unknown = [path for path in mask.paths if path not in allowed]
         if unknown:
-            raise InvalidArgument("update_mask", f"unknown field {unknown[0]!r}; updatable: {', '.join(allowed)}")
+            raise InvalidArgument("update_mask", f"unknown field {shown(unknown[0])}; updatable: {', '.join(allowed)}")
         return list(dict.fromkeys(mask.paths))
     present = [name for name in allowed if resource.HasField(name)]
     if not present:
@@ -33,15 +68,16 @@ def fields_to_update(resource: Message, mask: FieldMask, allowed: Sequence[str])
 
 def product_lines(lines, field: str) -> list[tuple[str, int]]:
     """Validated (product_id, quantity) pairs of repeated lines (bill items, stock lines): at least one line,
-    each with a product id and a quantity of 1 or more, each product once."""
+    at most MAX_LINES, each with a product id and a quantity from 1 to MAX_QUANTITY, each product once."""
     if not lines:
         raise InvalidArgument(field, "must hold at least one line")
+    if len(lines) > MAX_LINES:
+        raise InvalidArgument(field, f"must hold at most {MAX_LINES} lines, got {len(lines)}")
     seen: dict[str, int] = {}
     for index, line in enumerate(lines):
-        if not line.product_id:
-            raise InvalidArgument(f"{field}[{index}].product_id", "must not be empty")
-        if line.quantity < 1:
-            raise InvalidArgument(f"{field}[{index}].quantity", f"must be at least 1, got {line.quantity}")
+        check_id(line.product_id, f"{field}[{index}].product_id")
+        if not 1 <= line.quantity <= MAX_QUANTITY:
+            raise InvalidArgument(f"{field}[{index}].quantity", f"must be from 1 to {MAX_QUANTITY}, got {line.quantity}")
         if line.product_id in seen:
             raise InvalidArgument(f"{field}[{index}].product_id", f"repeats {field}[{seen[line.product_id]}]")
         seen[line.product_id] = index
@@ -52,15 +88,11 @@ def page(session: Session, query: Select, key: InstrumentedAttribute, page_size:
          descending: bool = False, key_type: type = str) -> tuple[list, str]:
     """One page of query ordered by key, and the token of the next page ('' on the last)."""
     size = paging.page_size(page_size)
-    after = paging.decode_token(page_token)
+    after = paging.decode_token(page_token, key_type)
     if after is not None:
-        try:
-            after = key_type(after)
-        except ValueError:
-            raise InvalidArgument("page_token", "is not a token this service returned") from None
         query = query.where(key < after if descending else key > after)
     rows = list(session.scalars(query.order_by(key.desc() if descending else key).limit(size + 1)))
     if len(rows) <= size:
         return rows, ""
     rows = rows[:size]
-    return rows, paging.encode_token(str(getattr(rows[-1], key.key)))
+    return rows, paging.encode_token(getattr(rows[-1], key.key))

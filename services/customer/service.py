@@ -6,17 +6,19 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from services.customer.models import Base, CustomerRow
+from services.customer.models import UNIQUE_EMAIL, Base, CustomerRow
 from services.customer.seed import CUSTOMERS
 from shopmesh.customer.v1 import customer_service_pb2 as pb
 from shopmesh.customer.v1 import customer_service_pb2_grpc as pb_grpc
 from shopmesh.db import Database
-from shopmesh.errors import AlreadyExists, InvalidArgument, NotFound
-from shopmesh.resources import fields_to_update, new_id, page
+from shopmesh.errors import AlreadyExists, InvalidArgument, NotFound, shown
+from shopmesh.resources import check_id, check_name, fields_to_update, new_id, page, target_id
 from shopmesh.server import Service
 from shopmesh.settings import Settings
 
 UPDATABLE = ("name", "email")
+#: RFC 5321's bound on an address in a mail path.
+MAX_EMAIL = 254
 
 
 def to_message(row: CustomerRow) -> pb.Customer:
@@ -24,34 +26,35 @@ def to_message(row: CustomerRow) -> pb.Customer:
 
 
 def clean_name(name: str) -> str:
-    if not name.strip():
-        raise InvalidArgument("customer.name", "must not be empty")
-    if len(name) > 200:
-        raise InvalidArgument("customer.name", "must be at most 200 characters")
-    return name.strip()
+    return check_name(name, "customer.name")
 
 
 def clean_email(email: str) -> str:
+    email = email.strip()
+    if len(email) > MAX_EMAIL:
+        raise InvalidArgument("customer.email", f"must be at most {MAX_EMAIL} characters, got {len(email)}")
     try:
-        return validate_email(email.strip(), check_deliverability=False).normalized
+        return validate_email(email, check_deliverability=False).normalized
     except EmailNotValidError as error:
-        raise InvalidArgument("customer.email", f"{email!r} is not a valid email address: {error}") from None
+        raise InvalidArgument("customer.email", f"{shown(email)} is not a valid email address: {error}") from None
 
 
-def _get(session: Session, customer_id: str) -> CustomerRow:
-    if not customer_id:
-        raise InvalidArgument("id", "must not be empty")
-    row = session.get(CustomerRow, customer_id)
+def _get(session: Session, customer_id: str, field: str = "id") -> CustomerRow:
+    row = session.get(CustomerRow, check_id(customer_id, field))
     if row is None:
-        raise NotFound(f"customer {customer_id!r} not found")
+        raise NotFound(f"customer {shown(customer_id)} not found")
     return row
 
 
-def _flush_unique_email(session: Session, email: str) -> None:
+def _flush_unique_email(session: Session, row: CustomerRow) -> None:
+    taken = AlreadyExists(f"customer.email: {shown(row.email)} already belongs to another customer")
+    same = select(CustomerRow.id).where(func.lower(CustomerRow.email) == func.lower(row.email), CustomerRow.id != row.id)
+    if session.scalar(same.limit(1)) is not None:
+        raise taken
     try:
         session.flush()
     except IntegrityError:
-        raise AlreadyExists(f"customer.email: {email!r} already belongs to another customer") from None
+        raise taken from None
 
 
 class CustomerService(pb_grpc.CustomerServiceServicer):
@@ -75,12 +78,13 @@ class CustomerService(pb_grpc.CustomerServiceServicer):
         def work(session: Session) -> pb.Customer:
             row = CustomerRow(id=new_id(), name=name, email=email)
             session.add(row)
-            _flush_unique_email(session, email)
+            _flush_unique_email(session, row)
             return to_message(row)
 
         return await self.db.run(work)
 
     async def UpdateCustomer(self, request: pb.UpdateCustomerRequest, context) -> pb.Customer:
+        customer_id = target_id(request.id, request.customer.id, "customer")
         fields = fields_to_update(request.customer, request.update_mask, UPDATABLE)
         changes = {}
         if "name" in fields:
@@ -89,10 +93,10 @@ class CustomerService(pb_grpc.CustomerServiceServicer):
             changes["email"] = clean_email(request.customer.email)
 
         def work(session: Session) -> pb.Customer:
-            row = _get(session, request.customer.id)
+            row = _get(session, customer_id)
             for field, value in changes.items():
                 setattr(row, field, value)
-            _flush_unique_email(session, changes.get("email", ""))
+            _flush_unique_email(session, row)
             return to_message(row)
 
         return await self.db.run(work)
@@ -111,7 +115,7 @@ def seed(session: Session) -> None:
 
 
 async def attach(server: grpc.aio.Server, settings: Settings) -> None:
-    db = Database(settings.database_url("customer"), Base.metadata)
+    db = Database(settings.database_url("customer"), Base.metadata, indexes=(UNIQUE_EMAIL,))
     await db.seed(seed)
     pb_grpc.add_CustomerServiceServicer_to_server(CustomerService(db), server)
 

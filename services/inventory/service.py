@@ -1,17 +1,19 @@
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import grpc
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from services.inventory.models import Base, ProductRow, ReservationLineRow
+from services.inventory.models import Base, ProductRow, ReservationLineRow, ReservationRow
 from services.inventory.seed import PRODUCTS
 from shopmesh.db import Database
-from shopmesh.errors import FailedPrecondition, InvalidArgument, NotFound
+from shopmesh.errors import FailedPrecondition, InvalidArgument, NotFound, shown
 from shopmesh.inventory.v1 import inventory_service_pb2 as pb
 from shopmesh.inventory.v1 import inventory_service_pb2_grpc as pb_grpc
 from shopmesh.money import format_cents, parse_cents
-from shopmesh.resources import fields_to_update, new_id, page, product_lines
+from shopmesh.resources import check_id, check_name, fields_to_update, new_id, page, product_lines, target_id
 from shopmesh.server import Service
 from shopmesh.settings import Settings
 
@@ -26,9 +28,7 @@ def clean(product: pb.Product, fields: tuple[str, ...] | list[str]) -> dict:
     """The validated column values of the named fields."""
     values = {}
     if "name" in fields:
-        if not product.name.strip():
-            raise InvalidArgument("product.name", "must not be empty")
-        values["name"] = product.name.strip()
+        values["name"] = check_name(product.name, "product.name")
     if "price" in fields:
         if not product.HasField("price"):
             raise InvalidArgument("product.price", "is required, as a decimal string such as \"12.50\"")
@@ -41,17 +41,14 @@ def clean(product: pb.Product, fields: tuple[str, ...] | list[str]) -> dict:
 
 
 def _get(session: Session, product_id: str, field: str = "id") -> ProductRow:
-    if not product_id:
-        raise InvalidArgument(field, "must not be empty")
-    row = session.get(ProductRow, product_id)
+    row = session.get(ProductRow, check_id(product_id, field))
     if row is None:
-        raise NotFound(f"{field}: product {product_id!r} not found")
+        raise NotFound(f"{field}: product {shown(product_id)} not found")
     return row
 
 
 def _check_lines(request: pb.ReserveStockRequest) -> None:
-    if not request.reservation_id:
-        raise InvalidArgument("reservation_id", "must not be empty")
+    check_id(request.reservation_id, "reservation_id")
     product_lines(request.lines, "lines")
 
 
@@ -85,10 +82,11 @@ class InventoryService(pb_grpc.InventoryServiceServicer):
         return await self.db.run(work)
 
     async def UpdateProduct(self, request: pb.UpdateProductRequest, context) -> pb.Product:
+        product_id = target_id(request.id, request.product.id, "product")
         values = clean(request.product, fields_to_update(request.product, request.update_mask, UPDATABLE))
 
         def work(session: Session) -> pb.Product:
-            row = _get(session, request.product.id, "product.id")
+            row = _get(session, product_id, "id" if request.id else "product.id")
             for column, value in values.items():
                 setattr(row, column, value)
             return to_message(row)
@@ -106,7 +104,13 @@ class InventoryService(pb_grpc.InventoryServiceServicer):
         _check_lines(request)
 
         def work(session: Session) -> pb.ReserveStockResponse:
-            if not _reservation(session, request.reservation_id):
+            reservation = session.get(ReservationRow, request.reservation_id)
+            if reservation is not None and reservation.released:
+                raise FailedPrecondition(f"reservation_id: reservation {shown(request.reservation_id)} was released; "
+                                         "it takes no more stock")
+            if reservation is None:
+                session.add(ReservationRow(id=request.reservation_id, released=False, created_at=_now()))
+                session.flush()  # a concurrent reservation or release of the same id fails here, not halfway
                 for index, line in enumerate(request.lines):
                     # One conditional UPDATE per line: the stock can never go below zero, even under races.
                     taken = session.execute(
@@ -117,7 +121,7 @@ class InventoryService(pb_grpc.InventoryServiceServicer):
                     if not taken:
                         row = _get(session, line.product_id, f"lines[{index}].product_id")
                         raise FailedPrecondition(
-                            f"lines[{index}].quantity: not enough stock of {row.name!r}: "
+                            f"lines[{index}].quantity: not enough stock of {shown(row.name)}: "
                             f"{line.quantity} asked, {row.quantity} left"
                         )
                     session.add(ReservationLineRow(reservation_id=request.reservation_id, product_id=line.product_id,
@@ -130,10 +134,17 @@ class InventoryService(pb_grpc.InventoryServiceServicer):
         return await self.db.run(work)
 
     async def ReleaseStock(self, request: pb.ReleaseStockRequest, context) -> pb.ReleaseStockResponse:
-        if not request.reservation_id:
-            raise InvalidArgument("reservation_id", "must not be empty")
+        check_id(request.reservation_id, "reservation_id")
 
         def work(session: Session) -> pb.ReleaseStockResponse:
+            reservation = session.get(ReservationRow, request.reservation_id)
+            if reservation is None:
+                # Released before it arrived (or never made): the id is marked, and a late ReserveStock takes nothing.
+                session.add(ReservationRow(id=request.reservation_id, released=True, created_at=_now()))
+            elif reservation.released:
+                return pb.ReleaseStockResponse()
+            else:
+                reservation.released = True
             for line in _reservation(session, request.reservation_id):
                 session.execute(
                     update(ProductRow).where(ProductRow.id == line.product_id)
@@ -143,6 +154,10 @@ class InventoryService(pb_grpc.InventoryServiceServicer):
             return pb.ReleaseStockResponse()
 
         return await self.db.run(work)
+
+
+def _now() -> datetime:
+    return datetime.now(UTC).replace(tzinfo=None)
 
 
 def seed(session: Session) -> None:
