@@ -17,6 +17,12 @@ EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 #: outbox publishes at least once: a repeat follows the original closely, so a short memory is enough.
 REMEMBERED_IDS = 1000
 _FIELDS = ("invoice_id", "customer_name", "amount", "issued_at")
+#: Bounds of what is counted: ids and names as the services bound them, so no state or record grows with input.
+MAX_INVOICE_ID = 64
+MAX_CUSTOMER_NAME = 200
+#: How much of an unreadable message a dead letter carries: records stay far below Kafka's message size limit.
+MAX_DEAD_LETTER_RAW = 16 * 1024
+MAX_DEAD_LETTER_KEY = 1024
 
 
 class BadInvoice(ValueError):
@@ -31,28 +37,44 @@ class ParsedInvoice:
     issued_at: datetime
 
 
-def parse(raw: bytes) -> ParsedInvoice:
-    """An invoice event of the contract, or BadInvoice naming what is wrong."""
+def parse(raw: bytes, now: datetime | None = None, max_skew: timedelta = timedelta(minutes=5)) -> ParsedInvoice:
+    """An invoice event of the contract, or BadInvoice naming what is wrong. Whatever the bytes, nothing else is
+    raised: one message must never stop a dataflow.
+
+    An invoice issued more than max_skew after now (the dataflow's clock) is refused as `future`: counted, it
+    would move the windows' event clock ahead and make every current invoice late."""
     try:
         # parse_float keeps a JSON number such as 123.45 exact: it never becomes a binary float.
         event = json.loads(raw, parse_float=Decimal)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
-        raise BadInvoice(f"not JSON: {error}") from None
+    except (ValueError, RecursionError) as error:
+        # ValueError covers bad UTF-8, bad JSON, and integers past Python's digit limit for int().
+        raise BadInvoice(f"not JSON: {_short(str(error))}") from None
     if not isinstance(event, dict):
         raise BadInvoice("not a JSON object")
     missing = [name for name in _FIELDS if name not in event]
     if missing:
         raise BadInvoice(f"missing field {missing[0]}")
-    for name in ("invoice_id", "customer_name"):
+    for name, limit in (("invoice_id", MAX_INVOICE_ID), ("customer_name", MAX_CUSTOMER_NAME)):
         if not isinstance(event[name], str) or not event[name].strip():
             raise BadInvoice(f"{name} must be a non-empty string")
-    return ParsedInvoice(event["invoice_id"], event["customer_name"], _cents(event["amount"]),
-                         _moment(event["issued_at"]))
+        if len(event[name]) > limit:
+            raise BadInvoice(f"{name} is longer than {limit} characters")
+    issued_at = _moment(event["issued_at"])
+    if issued_at > (now or datetime.now(UTC)) + max_skew:
+        raise BadInvoice(f"future: issued_at {iso_millis(issued_at)} is more than {max_skew.total_seconds():g} s "
+                         "ahead of the dataflow's clock")
+    return ParsedInvoice(event["invoice_id"], event["customer_name"], _cents(event["amount"]), issued_at)
+
+
+def _short(text: str, limit: int = 200) -> str:
+    return text if len(text) <= limit else f"{text[:limit]}…"
 
 
 def _cents(amount) -> int:
     if isinstance(amount, bool) or not isinstance(amount, (int, Decimal, str)):
-        raise BadInvoice(f"amount must be a number or a numeric string, not {json.dumps(amount, default=str)}")
+        raise BadInvoice(f"amount must be a number or a numeric string, not {_short(json.dumps(amount, default=str))}")
+    if isinstance(amount, str) and len(amount) > 40:
+        raise BadInvoice(f"amount is not numeric: a string of {len(amount)} characters")
     try:
         value = Decimal(amount.strip() if isinstance(amount, str) else amount)
     except InvalidOperation:
@@ -60,11 +82,11 @@ def _cents(amount) -> int:
     if not value.is_finite():
         raise BadInvoice(f"amount is not a finite number: {amount!r}")
     if value < 0:
-        raise BadInvoice(f"amount is negative: {amount}")
+        raise BadInvoice(f"amount is negative: {_short(str(amount))}")
     if value >= Decimal(MAX_CENTS) / 100:  # before quantize, which fails on huge exponents
-        raise BadInvoice(f"amount is too large: {amount}")
+        raise BadInvoice(f"amount is too large: {_short(str(amount))}")
     if value != value.quantize(Decimal("0.01")):
-        raise BadInvoice(f"amount has more than two decimals: {amount}")
+        raise BadInvoice(f"amount has more than two decimals: {_short(str(amount))}")
     return int(value * 100)
 
 
@@ -74,10 +96,17 @@ def _moment(text) -> datetime:
     try:
         moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
-        raise BadInvoice(f"issued_at is not an ISO 8601 timestamp: {text!r}") from None
+        raise BadInvoice(f"issued_at is not an ISO 8601 timestamp: {_short(repr(text))}") from None
     if moment.tzinfo is None:
-        raise BadInvoice(f"issued_at has no time zone: {text!r}")
-    return moment.astimezone(UTC)
+        raise BadInvoice(f"issued_at has no time zone: {_short(repr(text))}")
+    try:
+        # An offset can push a moment past year 9999 or before year 1, which datetime cannot hold.
+        moment = moment.astimezone(UTC)
+    except (OverflowError, ValueError):
+        raise BadInvoice(f"issued_at is out of range: {_short(repr(text))}") from None
+    if moment < EPOCH:
+        raise BadInvoice(f"issued_at is before 1970: {_short(repr(text))}")
+    return moment
 
 
 def window_start(window_id: int) -> datetime:
@@ -144,5 +173,15 @@ def customer_total(customer_name: str, total_cents: int, count: int, updated_at:
 
 
 def dead_letter(reason: str, raw: bytes, topic: str, partition: int, offset: int) -> bytes:
-    return json.dumps({"error": reason, "raw": raw.decode("utf-8", errors="replace"), "topic": topic,
-                       "partition": partition, "offset": offset}).encode()
+    """The dead-letter record of a message. A longer message than MAX_DEAD_LETTER_RAW is cut to that many bytes
+    and its full size given as raw_bytes; topic, partition and offset still find it whole."""
+    record = {"error": reason, "raw": raw[:MAX_DEAD_LETTER_RAW].decode("utf-8", errors="replace"), "topic": topic,
+              "partition": partition, "offset": offset}
+    if len(raw) > MAX_DEAD_LETTER_RAW:
+        record["raw_bytes"] = len(raw)
+    return json.dumps(record).encode()
+
+
+def dead_letter_key(key: bytes | None) -> bytes | None:
+    """The dead letter is keyed as the message was, cut to MAX_DEAD_LETTER_KEY bytes."""
+    return key[:MAX_DEAD_LETTER_KEY] if key is not None else None

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from datetime import timedelta
 
 import bytewax.connectors.kafka.operators as kop
 import bytewax.operators as op
 from bytewax.connectors.kafka import KafkaSinkMessage, KafkaSourceMessage
 from bytewax.dataflow import Dataflow, Stream
 
-from dataflows.invoices import BadInvoice, ParsedInvoice, dead_letter, parse
+from dataflows.invoices import BadInvoice, ParsedInvoice, dead_letter, dead_letter_key, parse
 from shopmesh.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -31,7 +32,8 @@ def invoices(flow: Dataflow, settings: Settings, report_unreadable: bool) -> Str
     report_unreadable: both dataflows read every message, and one of them reporting it is enough."""
     consumed = kop.input("read invoices", flow, brokers=[settings.kafka_bootstrap],
                          topics=[settings.analytics_input_topic])
-    checked = op.map("parse", consumed.oks, _check)
+    max_skew = timedelta(seconds=settings.analytics_future_seconds)
+    checked = op.map("parse", consumed.oks, lambda message: _check(message, max_skew))
     valid = op.branch("valid?", checked, lambda item: isinstance(item, Received))
     if report_unreadable:
         write("write dead letters", valid.falses, settings.analytics_dlq_topic, settings)
@@ -40,16 +42,16 @@ def invoices(flow: Dataflow, settings: Settings, report_unreadable: bool) -> Str
     return valid.trues
 
 
-def _check(message: Message) -> Received | KafkaSinkMessage:
+def _check(message: Message, max_skew: timedelta) -> Received | KafkaSinkMessage:
     try:
-        return Received(parse(message.value or b""), message)
+        return Received(parse(message.value or b"", max_skew=max_skew), message)
     except BadInvoice as reason:
         return to_dead_letter(str(reason), message)
 
 
 def to_dead_letter(reason: str, message: Message) -> KafkaSinkMessage:
     """The dead letter of a message: keyed as it was, naming where it was read."""
-    return KafkaSinkMessage(message.key, dead_letter(reason, message.value or b"", message.topic or "",
+    return KafkaSinkMessage(dead_letter_key(message.key), dead_letter(reason, message.value or b"", message.topic or "",
                                                      message.partition or 0, message.offset or 0))
 
 

@@ -58,6 +58,10 @@ class Settings(BaseSettings):
     customer_database_url: str | None = Field(None, description="SQLAlchemy URL; default sqlite under var/.")
     inventory_database_url: str | None = None
     billing_database_url: str | None = None
+    billing_stale_bill_seconds: float = Field(
+        30.0, gt=0, description="A bill still unstored after this long has its reserved stock given back.")
+    outbox_warning_seconds: float = Field(
+        30.0, gt=0, description="Billing's Consul check warns while an invoice event waits longer than this.")
     consul_check_interval: str = "2s"
     consul_deregister_after: str = "30s"
 
@@ -69,6 +73,8 @@ class Settings(BaseSettings):
     analytics_late_seconds: float = Field(
         5.0, gt=0, description="How long a 5-second window waits for late invoices after it ends, in event time."
     )
+    analytics_future_seconds: float = Field(
+        300.0, gt=0, description="An invoice issued further ahead of the dataflow's clock goes to the DLQ as future.")
     analytics_snapshot_seconds: float = Field(
         2.0, gt=0, description="Bytewax snapshot interval: at most this much input is read again after a crash."
     )
