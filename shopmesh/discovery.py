@@ -6,7 +6,8 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 
 import consul
 import consul.aio
@@ -22,18 +23,35 @@ def _client(settings: Settings) -> consul.aio.Consul:
     return consul.aio.Consul(host=settings.consul_address, port=settings.consul_http_port)
 
 
+@dataclass(frozen=True)
+class StatusCheck:
+    """A check of a part of a service that Consul cannot run itself (billing's outbox, say): `evaluate` answers
+    ("passing" | "warning", notes), and the registration reports it to Consul as a TTL check every few seconds.
+    A warning shows in Consul and `shopmesh status` without taking the instance out of service."""
+
+    name: str
+    evaluate: Callable[[], Awaitable[tuple[str, str]]]
+    every: float = 5.0
+
+
 class Registration:
     """One instance of a service in Consul's catalog, under a unique id. A gRPC server is checked by Consul
     through grpc.health.v1; a process without a port (ttl given) keeps its TTL check passing itself."""
 
     def __init__(self, settings: Settings, service: str, port: int, tags: tuple[str, ...] = ("grpc",),
-                 ttl: str | None = None, service_id: str | None = None) -> None:
+                 ttl: str | None = None, service_id: str | None = None,
+                 status_checks: Sequence[StatusCheck] = ()) -> None:
         self.settings = settings
         self.service = service
         self.port = port
         self.tags = list(tags)
         self.ttl = ttl
         self.service_id = service_id or f"{service}-{settings.advertise_address}-{port}"
+        self.status_checks = tuple(status_checks)
+        self._reporters: list[asyncio.Task] = []
+
+    def _check_id(self, check: StatusCheck) -> str:
+        return f"{self.service_id}:{check.name}"
 
     async def register(self) -> None:
         address = f"{self.settings.advertise_address}:{self.port}"
@@ -47,13 +65,36 @@ class Registration:
         client = _client(self.settings)
         try:
             # replace_existing_checks: a restarted instance re-registers cleanly under the same id.
+            # A status check that stops being reported turns critical after 4 rounds: its reporter is stuck.
+            extra = [{"CheckID": self._check_id(status), "Name": status.name, "TTL": f"{status.every * 4:g}s",
+                      "Status": "passing"} for status in self.status_checks]
             await client.agent.service.register(
                 self.service, service_id=self.service_id, address=self.settings.advertise_address, port=self.port,
-                tags=self.tags, check=check, replace_existing_checks=True,
+                tags=self.tags, check=check, extra_checks=extra or None, replace_existing_checks=True,
             )
         finally:
             await client.close()
         log.info("registered %s in Consul as %s (%s)", self.service, self.service_id, address)
+        self._reporters = [asyncio.create_task(self._report(status), name=f"report {status.name}")
+                           for status in self.status_checks]
+
+    async def _report(self, status: StatusCheck) -> None:
+        client = _client(self.settings)
+        last = None
+        try:
+            while True:
+                try:
+                    verdict, notes = await status.evaluate()
+                    update = client.agent.check.ttl_warn if verdict == "warning" else client.agent.check.ttl_pass
+                    await update(self._check_id(status), notes=notes)
+                    if verdict != last:
+                        (log.warning if verdict == "warning" else log.info)("%s: %s (%s)", status.name, verdict, notes)
+                    last = verdict
+                except Exception as error:  # noqa: BLE001 - Consul away for a moment: the next round retries
+                    log.warning("could not report the check %s: %s", status.name, error)
+                await asyncio.sleep(status.every)
+        finally:
+            await client.close()
 
     async def keep_passing(self, every: float) -> None:
         """Pass the TTL check every `every` seconds until cancelled."""
@@ -69,6 +110,9 @@ class Registration:
             await client.close()
 
     async def deregister(self) -> None:
+        for reporter in self._reporters:
+            reporter.cancel()
+        await asyncio.gather(*self._reporters, return_exceptions=True)
         client = _client(self.settings)
         try:
             await client.agent.service.deregister(self.service_id)
@@ -77,6 +121,23 @@ class Registration:
             log.warning("could not deregister %s: %s", self.service_id, error)
         finally:
             await client.close()
+
+
+def usable_addresses(entries: list[dict], known: tuple[str, ...]) -> tuple[str, ...]:
+    """The addresses of the instances that take traffic, from Consul's health entries of a service.
+
+    An instance takes traffic unless a check of it is critical: a warning (billing's outbox waiting on Kafka, say)
+    is reported, not a reason to stop calling it. A check that is critical with no output has never run: a Consul
+    agent that has just (re)started restores its checks as critical until each runs once. Such an instance keeps
+    the state it had, so a restart of Consul does not empty the set for the seconds its checks take."""
+    usable = []
+    for entry in entries:
+        address = f"{entry['Service']['Address'] or entry['Node']['Address']}:{entry['Service']['Port']}"
+        critical = [check for check in entry.get("Checks", []) if check.get("Status") == "critical"]
+        not_yet_run = all(not check.get("Output") for check in critical)
+        if not critical or (not_yet_run and address in known):
+            usable.append(address)
+    return tuple(sorted(usable))
 
 
 class Endpoints:
@@ -106,16 +167,13 @@ class Endpoints:
         try:
             while True:
                 try:
-                    index, entries = await client.health.service(self.service, index=index, wait="30s", passing=True)
+                    index, entries = await client.health.service(self.service, index=index, wait="30s")
                 except Exception as error:  # noqa: BLE001 - any failure: keep the last set, retry
                     log.warning("watching %s in Consul failed (%s); retrying", self.service, error)
                     index = None
                     await asyncio.sleep(1)
                     continue
-                addresses = tuple(sorted(
-                    f"{entry['Service']['Address'] or entry['Node']['Address']}:{entry['Service']['Port']}"
-                    for entry in entries
-                ))
+                addresses = usable_addresses(entries, self.addresses)
                 changed = addresses != self.addresses or not self._known.is_set()
                 if changed:
                     log.info("%s instances: %s", self.service, ", ".join(addresses) or "none")

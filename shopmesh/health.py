@@ -94,5 +94,8 @@ def consul_passing(settings: Settings, service_id: str) -> str | None:
                            params={"filter": f'ServiceID == "{service_id}"'}).json()
     except httpx.HTTPError as error:
         return f"Consul not answering: {error}"
-    statuses = {check["Status"] for check in checks.values()}
-    return None if statuses == {"passing"} else f"Consul check of {service_id}: {', '.join(statuses) or 'none yet'}"
+    if not checks:
+        return f"Consul has no check of {service_id} yet"
+    failing = [f"{check['Name']} is {check['Status']}" + (f" ({check['Output'].strip()[:160]})" if check["Output"] else "")
+               for check in checks.values() if check["Status"] != "passing"]
+    return f"Consul check of {service_id}: {'; '.join(failing)}" if failing else None

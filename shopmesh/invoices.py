@@ -50,9 +50,11 @@ def iso_millis(moment: datetime) -> str:
 
 
 def producer(settings: Settings) -> KafkaProducer:
-    """A producer that waits for every in-sync replica and retries: no invoice is lost on a broker hiccup."""
-    return KafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all", retries=10, linger_ms=5,
-                         request_timeout_ms=10000, max_block_ms=10000)
+    """An idempotent producer that waits for every in-sync replica and retries until its delivery timeout: no
+    invoice is lost on a broker outage shorter than that, and the broker drops the producer's own repeats, so none
+    is written twice either. max_block_ms bounds how long send() waits for Kafka's metadata."""
+    return KafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all", enable_idempotence=True,
+                         linger_ms=5, request_timeout_ms=10000, delivery_timeout_ms=600_000, max_block_ms=10000)
 
 
 def ensure_topics(settings: Settings) -> list[str]:

@@ -15,14 +15,15 @@ from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
 from shopmesh.auth import Authorization, TokenVerifier
-from shopmesh.discovery import Registration
+from shopmesh.discovery import Registration, StatusCheck
 from shopmesh.errors import ErrorMapping
 from shopmesh.settings import Settings, load
 
 log = logging.getLogger(__name__)
 
-#: Attaches a service's servicer to the server and returns what to close on shutdown (or None).
-Attach = Callable[[grpc.aio.Server, Settings], Awaitable[Callable[[], Awaitable[None]] | None]]
+#: Attaches a service's servicer to the server, appends any status checks of its own to the list (reported to
+#: Consul with the instance), and returns what to close on shutdown (or None).
+Attach = Callable[[grpc.aio.Server, Settings, list[StatusCheck]], Awaitable[Callable[[], Awaitable[None]] | None]]
 
 
 @dataclass(frozen=True)
@@ -46,7 +47,8 @@ class Service:
 async def serve(service: Service, settings: Settings) -> None:
     interceptors = [Authorization(TokenVerifier(settings))] if service.authenticated else []
     server = grpc.aio.server(interceptors=[*interceptors, ErrorMapping()])
-    close = await service.attach(server, settings)
+    status_checks: list[StatusCheck] = []
+    close = await service.attach(server, settings, status_checks)
     health = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     reflection.enable_server_reflection(
@@ -59,7 +61,7 @@ async def serve(service: Service, settings: Settings) -> None:
         await health.set(name, health_pb2.HealthCheckResponse.SERVING)
     log.info("%s serving on %s:%d", service.full_name, settings.host, port)
 
-    registration = Registration(settings, service.registered_as(), port)
+    registration = Registration(settings, service.registered_as(), port, status_checks=status_checks)
     await registration.register()
 
     stopping = asyncio.Event()

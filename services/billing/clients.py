@@ -7,7 +7,7 @@ import re
 from shopmesh.auth import ServiceToken
 from shopmesh.customer.v1 import customer_service_pb2 as customer_pb
 from shopmesh.customer.v1 import customer_service_pb2_grpc as customer_grpc
-from shopmesh.errors import NotFound
+from shopmesh.errors import NotFound, shown
 from shopmesh.inventory.v1 import inventory_service_pb2 as inventory_pb
 from shopmesh.inventory.v1 import inventory_service_pb2_grpc as inventory_grpc
 from shopmesh.settings import Settings
@@ -22,7 +22,7 @@ class Customers(Upstream):
         try:
             return await self.call("GetCustomer", customer_pb.GetCustomerRequest(id=customer_id))
         except NotFound:
-            raise NotFound(f"customer_id: customer {customer_id!r} not found") from None
+            raise NotFound(f"customer_id: customer {shown(customer_id)} not found") from None
 
 
 class Inventory(Upstream):

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import BigInteger, DateTime, ForeignKey, Integer, LargeBinary, String
+from sqlalchemy import BigInteger, Boolean, DateTime, ForeignKey, Integer, LargeBinary, String
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 
@@ -51,3 +51,15 @@ class OutboxRow(Base):
     value: Mapped[bytes] = mapped_column(LargeBinary)
     created_at: Mapped[datetime] = mapped_column(DateTime)
     published_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True, index=True)
+
+
+class PendingBillRow(Base):
+    """A bill being made: written before its stock is reserved and deleted in the transaction that stores the
+    bill. One left behind (billing killed, inventory away) names a reservation with no bill, which the reconciler
+    gives back. `releasing` marks it claimed for release: from then on the bill can no longer be stored."""
+
+    __tablename__ = "pending_bills"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime, index=True)  # UTC
+    releasing: Mapped[bool] = mapped_column(Boolean, default=False)

@@ -1,6 +1,13 @@
-"""The relay of billing's transactional outbox: publishes the invoice events of stored bills to FACTURATION
-and marks them published. Kafka down: the events wait in the database and go out when it returns. A crash
-between publishing and marking sends an event twice; consumers de-duplicate by invoice id."""
+"""The relay of billing's transactional outbox: publishes the invoice events of stored bills to FACTURATION and
+marks them published.
+
+It is a supervised loop that runs as long as billing does: any failure (Kafka stopped, paused, unreachable, or
+anything unexpected) is logged, waited out with a growing back-off, and retried; the events wait in the
+database meanwhile. It never resends an event whose send is still under way: one long-lived idempotent producer
+(kafka-python) keeps retrying it itself, and the broker drops the producer's own repeats, so a stall of Kafka
+publishes each event once. Only a send that failed for good (the producer's delivery timeout, minutes) is made
+again; a crash between publishing and marking also sends an event twice, and consumers de-duplicate by invoice
+id. Every call into kafka-python runs in a worker thread: the event loop never blocks on Kafka."""
 
 from __future__ import annotations
 
@@ -8,9 +15,10 @@ import asyncio
 import logging
 from datetime import UTC, datetime
 
-from kafka.errors import KafkaError
-from sqlalchemy import select, update
+from kafka import KafkaProducer
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
+from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential
 
 from services.billing.models import OutboxRow
 from shopmesh import invoices
@@ -22,70 +30,121 @@ log = logging.getLogger(__name__)
 BATCH = 100
 
 
+def _now() -> datetime:
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
 class OutboxRelay:
     def __init__(self, settings: Settings, db: Database) -> None:
         self.settings = settings
         self.db = db
         self.wake = asyncio.Event()
-        self._producer = None
+        self._producer: KafkaProducer | None = None
         self._task: asyncio.Task | None = None
+        #: invoice id -> None while its send is under way; never sent again meanwhile.
+        self._in_flight: dict[str, None] = {}
+        self._acked: list[str] = []
+        self.published = 0
+        self.failures = 0
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="outbox relay")
+        self._task = asyncio.create_task(self._supervise(), name="outbox relay")
 
     async def stop(self) -> None:
         if self._task:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
         if self._producer is not None:
-            await asyncio.to_thread(self._producer.close, 5)
-
-    async def _run(self) -> None:
-        failing = False
-        while True:
+            # What is acknowledged meanwhile stays unmarked, and is published again by the next start.
             try:
-                published = await self.relay_once()
-                if failing:
-                    log.info("Kafka is back: the waiting invoice events are published")
-                failing = False
-            except KafkaError as error:
-                if not failing:
-                    log.warning("cannot publish invoice events (%s); they wait in the outbox", error)
-                failing, published = True, 0
-                await self._reset_producer()
-            if not published:
+                await asyncio.to_thread(self._producer.close, 5)
+            except Exception as error:  # noqa: BLE001 - stopping: what was not flushed waits in the outbox
+                log.warning("closing the Kafka producer: %s", error)
+
+    async def _supervise(self) -> None:
+        async for attempt in AsyncRetrying(
+            retry=retry_if_exception_type(Exception), wait=wait_exponential(multiplier=0.5, max=15),
+            before_sleep=lambda state: log.warning(
+                "the outbox relay failed (%s); the events wait in the outbox, retrying in %.1f s",
+                state.outcome.exception(), state.next_action.sleep),
+        ):
+            with attempt:
+                await self._relay()
+
+    async def _relay(self) -> None:
+        """Publish waiting events as they come, until cancelled; raises on a failure, for _supervise to retry."""
+        while True:
+            await self._mark_acknowledged()
+            sent = await self._send_waiting()
+            if not sent:
                 self.wake.clear()
                 try:
-                    await asyncio.wait_for(self.wake.wait(), 2 if failing else 1)
+                    await asyncio.wait_for(self.wake.wait(), 1)
                 except TimeoutError:
                     pass
 
-    async def relay_once(self) -> int:
-        """Publish one batch of waiting events; return how many."""
-        def pending(session: Session) -> list[OutboxRow]:
-            query = select(OutboxRow).where(OutboxRow.published_at.is_(None)).order_by(OutboxRow.created_at)
-            return list(session.scalars(query.limit(BATCH)))
+    async def _send_waiting(self) -> int:
+        in_flight = list(self._in_flight)
 
-        rows = await self.db.run(pending)
-        if not rows:
-            return 0
-        await asyncio.to_thread(self._publish, rows)
+        def waiting(session: Session) -> list[tuple[str, bytes, bytes]]:
+            query = select(OutboxRow.invoice_id, OutboxRow.key, OutboxRow.value).where(
+                OutboxRow.published_at.is_(None))
+            if in_flight:
+                query = query.where(OutboxRow.invoice_id.not_in(in_flight))
+            return [tuple(row) for row in session.execute(query.order_by(OutboxRow.created_at).limit(BATCH))]
 
-        def mark(session: Session) -> None:
-            session.execute(update(OutboxRow).where(OutboxRow.invoice_id.in_([row.invoice_id for row in rows]))
-                            .values(published_at=datetime.now(UTC).replace(tzinfo=None)))
-
-        await self.db.run(mark)
+        rows = await self.db.run(waiting)
+        if rows:
+            await asyncio.to_thread(self._send, rows, asyncio.get_running_loop())
         return len(rows)
 
-    def _publish(self, rows: list[OutboxRow]) -> None:
+    def _send(self, rows: list[tuple[str, bytes, bytes]], loop: asyncio.AbstractEventLoop) -> None:
+        """In a worker thread: hand the events to the producer. send() blocks while the producer has no metadata
+        (Kafka away) and raises after max_block_ms, with that event not handed over: it is sent again later."""
         if self._producer is None:
             self._producer = invoices.producer(self.settings)
-        futures = [self._producer.send(invoices.FACTURATION, key=row.key, value=row.value) for row in rows]
-        for future in futures:
-            future.get(timeout=15)
+        for invoice_id, key, value in rows:
+            future = self._producer.send(invoices.FACTURATION, key=key, value=value)
+            self._in_flight[invoice_id] = None
+            future.add_both(lambda outcome, invoice_id=invoice_id: loop.call_soon_threadsafe(
+                self._done, invoice_id, outcome))
 
-    async def _reset_producer(self) -> None:
-        if self._producer is not None:
-            producer, self._producer = self._producer, None
-            await asyncio.to_thread(producer.close, 0)
+    def _done(self, invoice_id: str, outcome) -> None:
+        """On the event loop, when Kafka acknowledged an event or the producer gave up on it."""
+        if isinstance(outcome, Exception):
+            self.failures += 1
+            log.warning("invoice event %s not published (%s); it is sent again", invoice_id, outcome)
+            self._in_flight.pop(invoice_id, None)
+        else:
+            self._acked.append(invoice_id)
+        self.wake.set()
+
+    async def _mark_acknowledged(self) -> None:
+        if not self._acked:
+            return
+        acked, self._acked = self._acked, []
+        try:
+            await self.db.run(lambda session: session.execute(
+                update(OutboxRow).where(OutboxRow.invoice_id.in_(acked)).values(published_at=_now())))
+        except BaseException:
+            self._acked[:0] = acked
+            raise
+        for invoice_id in acked:
+            self._in_flight.pop(invoice_id, None)
+        self.published += len(acked)
+
+    async def waiting(self) -> tuple[int, float]:
+        """How many events wait, and the age in seconds of the oldest (0 when none wait)."""
+        def count(session: Session) -> tuple[int, datetime | None]:
+            query = select(func.count(), func.min(OutboxRow.created_at)).where(OutboxRow.published_at.is_(None))
+            return tuple(session.execute(query).one())
+
+        number, oldest = await self.db.run(count)
+        return number, (_now() - oldest).total_seconds() if oldest else 0.0
+
+    async def health(self) -> tuple[str, str]:
+        """Consul's view of the relay: a warning while an event has waited longer than outbox_warning_seconds."""
+        number, age = await self.waiting()
+        if age > self.settings.outbox_warning_seconds:
+            return "warning", f"{number} invoice events wait to be published to Kafka, the oldest for {age:.0f} s"
+        return "passing", f"{number} invoice events waiting; {self.published} published since start"

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import asyncio
 import logging
 from datetime import UTC, datetime
 
@@ -9,8 +10,9 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from services.billing.models import Base, BillItemRow, BillRow, OutboxRow
-from services.billing.outbox import OutboxRelay
 from services.billing.clients import Customers, Inventory
+from services.billing.outbox import OutboxRelay
+from services.billing.reservations import Reservations, store_pending
 from shopmesh.auth import ServiceToken
 from services.customer.seed import CUSTOMERS
 from services.inventory.seed import PRODUCTS
@@ -19,10 +21,11 @@ from shopmesh.billing.v1 import billing_service_pb2 as pb
 from shopmesh.billing.v1 import billing_service_pb2_grpc as pb_grpc
 from shopmesh.customer.v1.customer_service_pb2 import Customer
 from shopmesh.db import Database
-from shopmesh.errors import InvalidArgument, NotFound
+from shopmesh.errors import InvalidArgument, NotFound, shown
 from shopmesh.inventory.v1.inventory_service_pb2 import Product
-from shopmesh.money import format_cents, parse_cents
-from shopmesh.resources import new_id, page, product_lines
+from shopmesh.money import MAX_CENTS, format_cents, parse_cents
+from shopmesh.resources import check_id, new_id, page, product_lines
+from shopmesh.discovery import StatusCheck
 from shopmesh.server import Service
 from shopmesh.settings import Settings
 
@@ -53,8 +56,7 @@ def to_message(row: BillRow) -> pb.Bill:
 
 def bill_lines(request: pb.CreateBillRequest) -> list[tuple[str, int]]:
     """The validated (product_id, quantity) lines of a CreateBill request."""
-    if not request.customer_id:
-        raise InvalidArgument("customer_id", "must not be empty")
+    check_id(request.customer_id, "customer_id")
     return product_lines(request.items, "items")
 
 
@@ -65,24 +67,30 @@ def new_bill(bill_id: str, customer: Customer, lines: list[tuple[str, int]], pro
         unit = parse_cents(product.price, f"items[{position}].unit_price")
         items.append(BillItemRow(position=position, product_id=product_id, product_name=product.name,
                                  quantity=quantity, unit_price_cents=unit, amount_cents=unit * quantity))
+    total = sum(item.amount_cents for item in items)
+    if total >= MAX_CENTS:
+        raise InvalidArgument("items", f"the bill's total {format_cents(total)} is too large: it must stay below "
+                                       f"{format_cents(MAX_CENTS)}")
     return BillRow(
         id=bill_id, billing_date=datetime.now(UTC).replace(tzinfo=None), customer_id=customer.id,
-        customer_name=customer.name, customer_email=customer.email,
-        total_cents=sum(item.amount_cents for item in items), items=items,
+        customer_name=customer.name, customer_email=customer.email, total_cents=total, items=items,
     )
 
 
 class BillingService(pb_grpc.BillingServiceServicer):
-    def __init__(self, db: Database, customers: Customers, inventory: Inventory, relay: OutboxRelay) -> None:
+    def __init__(self, db: Database, customers: Customers, inventory: Inventory, relay: OutboxRelay,
+                 reservations: Reservations) -> None:
         self.db = db
         self.relay = relay
         self.customers = customers
         self.inventory = inventory
+        self.reservations = reservations
 
     async def ListBills(self, request: pb.ListBillsRequest, context) -> pb.ListBillsResponse:
         def work(session: Session) -> pb.ListBillsResponse:
             query = select(BillRow)
             if request.customer_id:
+                check_id(request.customer_id, "customer_id")
                 query = query.where(BillRow.customer_id == request.customer_id)
             rows, token = page(session, query, BillRow.seq, request.page_size, request.page_token,
                                descending=True, key_type=int)
@@ -91,13 +99,12 @@ class BillingService(pb_grpc.BillingServiceServicer):
         return await self.db.run(work)
 
     async def GetBill(self, request: pb.GetBillRequest, context) -> pb.Bill:
-        if not request.id:
-            raise InvalidArgument("id", "must not be empty")
+        check_id(request.id, "id")
 
         def work(session: Session) -> pb.Bill:
             row = session.scalar(select(BillRow).where(BillRow.id == request.id))
             if row is None:
-                raise NotFound(f"bill {request.id!r} not found")
+                raise NotFound(f"bill {shown(request.id)} not found")
             return to_message(row)
 
         return await self.db.run(work)
@@ -105,14 +112,22 @@ class BillingService(pb_grpc.BillingServiceServicer):
     async def CreateBill(self, request: pb.CreateBillRequest, context) -> pb.Bill:
         lines = bill_lines(request)
         customer = await self.customers.get(request.customer_id)
-        bill_id = new_id()
-        products = await self.inventory.reserve(bill_id, lines)
-        try:
-            row = new_bill(bill_id, customer, lines, products)
+        # From the reservation on, the bill is made to its end even when the caller cancels or its deadline
+        # passes: stopping halfway is what would leave stock taken with no bill.
+        making = asyncio.ensure_future(self._make(customer, lines))
+        making.add_done_callback(_retrieve)
+        return await asyncio.shield(making)
 
+    async def _make(self, customer: Customer, lines: list[tuple[str, int]]) -> pb.Bill:
+        bill_id = new_id()
+        await self.reservations.begin(bill_id)
+        try:
+            products = await self.inventory.reserve(bill_id, lines)
+            row = new_bill(bill_id, customer, lines, products)
             event = invoices.Invoice(bill_id, customer.name, row.total_cents, row.billing_date.replace(tzinfo=UTC))
 
             def store(session: Session) -> pb.Bill:
+                store_pending(session, bill_id)
                 session.add(row)
                 # The bill's invoice event, in the same transaction: stored together or not at all.
                 session.add(OutboxRow(invoice_id=bill_id, key=event.key(), value=event.value(),
@@ -121,12 +136,19 @@ class BillingService(pb_grpc.BillingServiceServicer):
                 return to_message(row)
 
             bill = await self.db.run(store)
-            self.relay.wake.set()
-            return bill
         except BaseException:
             log.warning("bill %s not stored; giving its stock back", bill_id)
-            await self.inventory.release(bill_id)
+            await self.reservations.give_back(bill_id)
             raise
+        self.relay.wake.set()
+        return bill
+
+
+def _retrieve(making: asyncio.Future) -> None:
+    """Take the outcome of a bill whose caller may have gone, so asyncio does not report it unretrieved: _make
+    logged what went wrong."""
+    if not making.cancelled():
+        making.exception()
 
 
 def seed(session: Session) -> None:
@@ -149,18 +171,22 @@ def seed(session: Session) -> None:
                             total_cents=sum(item.amount_cents for item in items), items=items))
 
 
-async def attach(server: grpc.aio.Server, settings: Settings):
+async def attach(server: grpc.aio.Server, settings: Settings, status_checks: list[StatusCheck]):
     db = Database(settings.database_url("billing"), Base.metadata)
     await db.seed(seed)
     token = ServiceToken(settings)
     customers, inventory = Customers(settings, token), Inventory(settings, token)
     relay = OutboxRelay(settings, db)
+    reservations = Reservations(db, inventory, settings.billing_stale_bill_seconds)
     customers.start()
     inventory.start()
     relay.start()
-    pb_grpc.add_BillingServiceServicer_to_server(BillingService(db, customers, inventory, relay), server)
+    reservations.start()
+    status_checks.append(StatusCheck("outbox", relay.health))
+    pb_grpc.add_BillingServiceServicer_to_server(BillingService(db, customers, inventory, relay, reservations), server)
 
     async def close() -> None:
+        await reservations.stop()
         await relay.stop()
         await customers.close()
         await inventory.close()

@@ -7,7 +7,7 @@ from envoy.service.discovery.v3 import ads_pb2, ads_pb2_grpc
 
 from services.control_plane import snapshot
 from services.control_plane.ads import AggregatedDiscovery, SnapshotCache
-from shopmesh.discovery import Endpoints
+from shopmesh.discovery import Endpoints, StatusCheck
 from shopmesh.server import Service
 from shopmesh.settings import Settings
 
@@ -15,7 +15,7 @@ from shopmesh.settings import Settings
 ROUTED = ("customer-service", "inventory-service", "billing-service")
 
 
-async def attach(server: grpc.aio.Server, settings: Settings):
+async def attach(server: grpc.aio.Server, settings: Settings, status_checks: list[StatusCheck]):
     cache = SnapshotCache()
     instances: dict[str, tuple[str, ...]] = {}
 

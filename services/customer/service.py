@@ -13,6 +13,7 @@ from shopmesh.customer.v1 import customer_service_pb2_grpc as pb_grpc
 from shopmesh.db import Database
 from shopmesh.errors import AlreadyExists, InvalidArgument, NotFound, shown
 from shopmesh.resources import check_id, check_name, fields_to_update, new_id, page, target_id
+from shopmesh.discovery import StatusCheck
 from shopmesh.server import Service
 from shopmesh.settings import Settings
 
@@ -114,7 +115,7 @@ def seed(session: Session) -> None:
         session.add_all(CustomerRow(id=id_, name=name, email=email) for id_, name, email in CUSTOMERS)
 
 
-async def attach(server: grpc.aio.Server, settings: Settings) -> None:
+async def attach(server: grpc.aio.Server, settings: Settings, status_checks: list[StatusCheck]) -> None:
     db = Database(settings.database_url("customer"), Base.metadata, indexes=(UNIQUE_EMAIL,))
     await db.seed(seed)
     pb_grpc.add_CustomerServiceServicer_to_server(CustomerService(db), server)

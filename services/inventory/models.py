@@ -1,6 +1,8 @@
 from __future__ import annotations
 
-from sqlalchemy import BigInteger, ForeignKey, Integer, String
+from datetime import datetime
+
+from sqlalchemy import BigInteger, Boolean, DateTime, ForeignKey, Integer, String
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -26,3 +28,15 @@ class ReservationLineRow(Base):
     product_id: Mapped[str] = mapped_column(String(32), ForeignKey("products.id", ondelete="CASCADE"), primary_key=True)
     quantity: Mapped[int] = mapped_column(Integer)
     position: Mapped[int] = mapped_column(Integer)
+
+
+class ReservationRow(Base):
+    """A reservation id's fate: held (its lines took stock) or released. A released id stays, so that a
+    reservation arriving after its release (a cancelled bill whose ReserveStock was still on the wire) takes
+    nothing: stock taken always equals the lines of held reservations."""
+
+    __tablename__ = "reservations"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    released: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(DateTime)  # UTC

@@ -14,6 +14,7 @@ from shopmesh.inventory.v1 import inventory_service_pb2 as pb
 from shopmesh.inventory.v1 import inventory_service_pb2_grpc as pb_grpc
 from shopmesh.money import format_cents, parse_cents
 from shopmesh.resources import check_id, check_name, fields_to_update, new_id, page, product_lines, target_id
+from shopmesh.discovery import StatusCheck
 from shopmesh.server import Service
 from shopmesh.settings import Settings
 
@@ -168,7 +169,7 @@ def seed(session: Session) -> None:
         )
 
 
-async def attach(server: grpc.aio.Server, settings: Settings) -> None:
+async def attach(server: grpc.aio.Server, settings: Settings, status_checks: list[StatusCheck]) -> None:
     db = Database(settings.database_url("inventory"), Base.metadata)
     await db.seed(seed)
     pb_grpc.add_InventoryServiceServicer_to_server(InventoryService(db), server)
