@@ -9,6 +9,9 @@ from collections.abc import Iterable
 USER, CUSTOMER_MANAGER, PRODUCT_MANAGER, BILLING_MANAGER, ADMIN = (
     "USER", "CUSTOMER_MANAGER", "PRODUCT_MANAGER", "BILLING_MANAGER", "ADMIN")
 ROLES = (USER, CUSTOMER_MANAGER, PRODUCT_MANAGER, BILLING_MANAGER, ADMIN)
+#: Held by the shopmesh-services service account only (keycloak/shopmesh-realm.json): the internal RPCs are for the
+#: services themselves, never for a person, whatever their roles.
+MESH_SERVICE = "MESH_SERVICE"
 
 _READERS = frozenset(ROLES)  # "USER, or any role below"
 _CUSTOMERS = "/shopmesh.customer.v1.CustomerService/"
@@ -24,8 +27,8 @@ PERMISSIONS: dict[str, frozenset[str]] = {
     **{f"{_PRODUCTS}{rpc}": frozenset({PRODUCT_MANAGER, ADMIN})
        for rpc in ("CreateProduct", "UpdateProduct", "DeleteProduct")},
     **{f"{_BILLS}{rpc}": frozenset({BILLING_MANAGER, ADMIN}) for rpc in ("ListBills", "GetBill", "CreateBill")},
-    # Taking stock is part of making a bill: billing's own service account holds BILLING_MANAGER for it.
-    **{f"{_PRODUCTS}{rpc}": frozenset({BILLING_MANAGER, ADMIN}) for rpc in ("ReserveStock", "ReleaseStock")},
+    # Taking stock is part of making a bill, which billing does with its service account's token.
+    **{f"{_PRODUCTS}{rpc}": frozenset({MESH_SERVICE}) for rpc in ("ReserveStock", "ReleaseStock")},
 }
 
 #: Open to anyone, so that health checks work and grpcurl can list and describe without a token.
@@ -54,7 +57,7 @@ def rbac_policies() -> dict:
                 "value": {"list_match": {"one_of": {"string_match": {"exact": role}}}},
             }}],
         }
-        for role in ROLES
+        for role in (*ROLES, MESH_SERVICE)
     }
     # A path that names no shopmesh method (an unknown REST path) is not for RBAC to judge: the routes answer 404.
     policies["unrouted-paths"] = {

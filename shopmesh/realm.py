@@ -70,6 +70,7 @@ def apply(settings: Settings, realm_spec: dict | None = None) -> list[str]:
                 changes.append(f"mapper {mapper['name']}")
 
     roles = {role["name"]: role for role in keycloak.get_realm_roles()}
+    file_roles = {role["name"] for role in realm_spec["roles"]["realm"]}
     for user in realm_spec["users"]:
         if "serviceAccountClientId" in user:
             user_id = keycloak.get_client_service_account_user(
@@ -82,9 +83,16 @@ def apply(settings: Settings, realm_spec: dict | None = None) -> list[str]:
                 changes.append(f"user {user['username']}")
             keycloak.set_user_password(user_id, password(user["username"], realm_spec), temporary=False)
         held = {role["name"] for role in keycloak.get_realm_roles_of_user(user_id)}
-        missing = [roles[name] for name in user.get("realmRoles", []) if name not in held]
+        listed = set(user.get("realmRoles", []))
+        missing = [roles[name] for name in listed - held]
+        # Roles of the file that the file no longer gives the user are taken away (the service account held
+        # BILLING_MANAGER before MESH_SERVICE existed); roles Keycloak gives by default are not the file's.
+        extra = [roles[name] for name in held - listed if name in file_roles]
         if missing:
             keycloak.assign_realm_roles(user_id, missing)
+        if extra:
+            keycloak.delete_realm_roles_of_user(user_id, extra)
+        if missing or extra:
             changes.append(f"roles of {user['username']}")
     return changes
 

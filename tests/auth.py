@@ -7,8 +7,13 @@ import time
 import grpc
 import httpx
 
+from keycloak import KeycloakOpenID
+
 from shopmesh import realm
 from shopmesh.settings import Settings
+
+#: Not a person: the shopmesh-services client's service account, the only holder of MESH_SERVICE.
+SERVICE_ACCOUNT = "service-account-shopmesh-services"
 
 
 class Tokens:
@@ -21,10 +26,15 @@ class Tokens:
     def __call__(self, user: str = "mesh-admin") -> str:
         token, expires = self._cache.get(user, ("", 0.0))
         if time.monotonic() > expires - 60:
-            answer = realm.token(self.settings, user)
+            answer = self._service_token() if user == SERVICE_ACCOUNT else realm.token(self.settings, user)
             token, expires = answer["access_token"], time.monotonic() + answer["expires_in"]
             self._cache[user] = (token, expires)
         return token
+
+    def _service_token(self) -> dict:
+        client = KeycloakOpenID(server_url=f"{self.settings.keycloak_url}/", realm_name=realm.REALM,
+                                client_id="shopmesh-services", client_secret_key=self.settings.services_client_secret)
+        return client.token(grant_type="client_credentials")
 
     def forget(self) -> None:
         self._cache.clear()

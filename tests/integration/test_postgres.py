@@ -21,7 +21,7 @@ from shopmesh.customer.v1 import customer_service_pb2_grpc as customer_grpc
 from shopmesh.inventory.v1 import inventory_service_pb2 as inventory
 from shopmesh.inventory.v1 import inventory_service_pb2_grpc as inventory_grpc
 from shopmesh.stack import free_port
-from tests.auth import authorized_channel
+from tests.auth import SERVICE_ACCOUNT, authorized_channel
 
 POSTGRES_BIN = "/usr/lib/postgresql/*/bin"
 
@@ -62,7 +62,8 @@ def service_on_postgres(mesh, postgres_url, tmp_path, tokens):
     """Start one instance of a service on PostgreSQL, and stop it (it deregisters) afterwards."""
     started = []
 
-    def start(name: str) -> grpc.Channel:
+    def start(name: str, *users: str) -> grpc.Channel | tuple[grpc.Channel, ...]:
+        """The instance's channel as mesh-admin, or one channel per user named."""
         port = free_port(mesh.host)
         env = {**os.environ, "SHOPMESH_INSTANCE_PORT": str(port),
                f"SHOPMESH_{name.upper()}_DATABASE_URL": postgres_url}
@@ -75,7 +76,8 @@ def service_on_postgres(mesh, postgres_url, tmp_path, tokens):
             assert process.poll() is None, (tmp_path / f"{name}.log").read_text()
             assert time.monotonic() < deadline, f"{name} on PostgreSQL did not become healthy"
             time.sleep(0.2)
-        return authorized_channel(f"{mesh.host}:{port}", tokens)
+        channels = tuple(authorized_channel(f"{mesh.host}:{port}", tokens, user) for user in users or ("mesh-admin",))
+        return channels if users else channels[0]
 
     yield start
     for process in started:
@@ -101,14 +103,15 @@ def test_customers_are_stored_in_postgresql(service_on_postgres, postgres_url):
 
 
 def test_stock_is_reserved_atomically_in_postgresql(service_on_postgres):
-    stub = inventory_grpc.InventoryServiceStub(service_on_postgres("inventory"))
-    product = stub.CreateProduct(inventory.CreateProductRequest(
+    admin, service = map(inventory_grpc.InventoryServiceStub,
+                         service_on_postgres("inventory", "mesh-admin", SERVICE_ACCOUNT))
+    product = admin.CreateProduct(inventory.CreateProductRequest(
         product=inventory.Product(name="pg widget", price="2.50", quantity=3)), timeout=10)
-    reserved = stub.ReserveStock(inventory.ReserveStockRequest(reservation_id=uuid.uuid4().hex, lines=[
+    reserved = service.ReserveStock(inventory.ReserveStockRequest(reservation_id=uuid.uuid4().hex, lines=[
         inventory.StockLine(product_id=product.id, quantity=2)]), timeout=10).products
     assert [(p.price, p.quantity) for p in reserved] == [("2.50", 1)]
     with pytest.raises(grpc.RpcError) as short:
-        stub.ReserveStock(inventory.ReserveStockRequest(reservation_id=uuid.uuid4().hex, lines=[
+        service.ReserveStock(inventory.ReserveStockRequest(reservation_id=uuid.uuid4().hex, lines=[
             inventory.StockLine(product_id=product.id, quantity=2)]), timeout=10)
     assert short.value.code() == grpc.StatusCode.FAILED_PRECONDITION
-    assert stub.GetProduct(inventory.GetProductRequest(id=product.id), timeout=10).quantity == 1
+    assert admin.GetProduct(inventory.GetProductRequest(id=product.id), timeout=10).quantity == 1

@@ -13,7 +13,7 @@ import pytest
 from keycloak import KeycloakOpenID
 
 from shopmesh import realm
-from tests.auth import Bearer
+from tests.auth import SERVICE_ACCOUNT, Bearer
 from tests.conftest import shopmesh
 
 USERS = ("user1", "customer-manager", "product-manager", "billing-manager", "mesh-admin")
@@ -111,10 +111,21 @@ def _grpcurl(mesh, token: str | None, port: int, method: str, body: dict) -> tup
     ("billing-manager", "billing_service_port", "shopmesh.billing.v1.BillingService/ListBills", {}, "OK"),
     ("customer-manager", "inventory_service_port", "shopmesh.inventory.v1.InventoryService/ReserveStock",
      {"reservation_id": "r", "lines": [{"product_id": "p", "quantity": 1}]}, "PermissionDenied"),
+    # The internal RPCs are the services' own: a person with every business role may not call them.
+    ("billing-manager", "inventory_service_port", "shopmesh.inventory.v1.InventoryService/ReleaseStock",
+     {"reservation_id": "r"}, "PermissionDenied"),
+    ("billing-manager", "inventory_service_port", "shopmesh.inventory.v1.InventoryService/ReserveStock",
+     {"reservation_id": "r", "lines": [{"product_id": "p", "quantity": 1}]}, "PermissionDenied"),
+    ("mesh-admin", "inventory_service_port", "shopmesh.inventory.v1.InventoryService/ReleaseStock",
+     {"reservation_id": "r"}, "PermissionDenied"),
+    (SERVICE_ACCOUNT, "inventory_service_port", "shopmesh.inventory.v1.InventoryService/ReleaseStock",
+     {"reservation_id": "RANDOM"}, "OK"),
     (None, "inventory_service_port", "shopmesh.inventory.v1.InventoryService/ListProducts", {}, "Unauthenticated"),
 ])
 def test_a_sample_of_the_table_straight_to_the_services_with_grpcurl(mesh, tokens, user, port_setting, method, body,
                                                                      expected):
+    if body.get("reservation_id") == "RANDOM":
+        body = {"reservation_id": uuid.uuid4().hex}
     if "customer" in body and body["customer"]["email"] == "EMAIL":
         body = {"customer": {"name": "Direct", "email": f"{uuid.uuid4().hex[:10]}@example.com"}}
     code, output = _grpcurl(mesh, tokens(user) if user else None, getattr(mesh, port_setting), method, body)
@@ -240,9 +251,12 @@ def test_the_running_realm_is_the_contracts(mesh):
     services = keycloak.get_client(keycloak.get_client_id("shopmesh-services"))
     assert not services["publicClient"] and services["serviceAccountsEnabled"]
     account = keycloak.get_client_service_account_user(services["id"])
-    assert {r["name"] for r in keycloak.get_realm_roles_of_user(account["id"])} >= {"USER", "BILLING_MANAGER"}
+    account_roles = {r["name"] for r in keycloak.get_realm_roles_of_user(account["id"])}
+    assert account_roles >= {"USER", "MESH_SERVICE"} and "BILLING_MANAGER" not in account_roles
     assert {r["name"] for r in keycloak.get_realm_roles()} >= {
-        "USER", "CUSTOMER_MANAGER", "PRODUCT_MANAGER", "BILLING_MANAGER", "ADMIN"}
+        "USER", "CUSTOMER_MANAGER", "PRODUCT_MANAGER", "BILLING_MANAGER", "ADMIN", "MESH_SERVICE"}
+    holders = {user["username"] for user in keycloak.get_realm_role_members("MESH_SERVICE")}
+    assert holders == {account["username"]}, "only the services' own account may hold MESH_SERVICE"
 
 
 def test_applying_the_realm_again_changes_nothing(mesh):
