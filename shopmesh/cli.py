@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -18,12 +19,19 @@ from rich.console import Console
 
 from shopmesh import codegen, gateway, health, install, invoices, realm, stack, watch
 from shopmesh.settings import Settings, load
-from shopmesh.supervise import Supervisor
+from shopmesh.supervise import UMASK, Supervisor
 
 #: Wide enough for the longest part's name, analytics-totals-by-customer.
 NAME_WIDTH = 29
 
 app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+
+
+@app.callback()
+def _owner_only() -> None:
+    # Whatever the CLI writes under var/ (configuration, Kafka's formatted log folder, the scale file) and every
+    # process it starts is readable by its owner only.
+    os.umask(UMASK)
 
 
 def say(message: str) -> None:

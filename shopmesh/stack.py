@@ -227,8 +227,8 @@ def _keycloak(settings: Settings, installed: Installed) -> Program:
         "JAVA_HOME": str(java_home_for_keycloak(settings)),
         "JAVA_OPTS_KC_HEAP": f"-Xms64m -Xmx{settings.keycloak_heap}",
         "KC_BOOTSTRAP_ADMIN_USERNAME": settings.keycloak_admin_user,
-        "KC_BOOTSTRAP_ADMIN_PASSWORD": settings.keycloak_admin_password,
     }
+    secrets = {"KC_BOOTSTRAP_ADMIN_PASSWORD": settings.keycloak_admin_password}
 
     def lay_out_home() -> None:
         for folder in ("data/import", "providers", "themes"):
@@ -239,11 +239,12 @@ def _keycloak(settings: Settings, installed: Installed) -> Program:
         if not lib.is_symlink():
             lib.symlink_to(installed.keycloak / "lib", target_is_directory=True)
         for realm_file in (PROJECT_ROOT / "keycloak").glob("*-realm.json"):
-            shutil.copy(realm_file, home / "data" / "import" / realm_file.name)
+            # copyfile, not copy: the copy is made with the umask (owner only), not the checkout file's mode.
+            shutil.copyfile(realm_file, home / "data" / "import" / realm_file.name)
 
     discovery = f"{settings.keycloak_url}/realms/shopmesh/.well-known/openid-configuration"
     return Program(
-        ProgramSpec("keycloak", argv, env),
+        ProgramSpec("keycloak", argv, env, secrets=secrets),
         ports={"Keycloak HTTP": settings.keycloak_port},
         probe=health.keycloak_realm,
         requires=("consul",),

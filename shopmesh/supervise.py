@@ -3,6 +3,7 @@ configuration and talks to it over its XML-RPC socket."""
 
 from __future__ import annotations
 
+import os
 import shlex
 import subprocess
 import sys
@@ -11,6 +12,7 @@ import xmlrpc.client
 from collections.abc import Mapping, Sequence
 from configparser import ConfigParser
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import psutil
 from supervisor.xmlrpc import SupervisorTransport
@@ -18,14 +20,33 @@ from supervisor.xmlrpc import SupervisorTransport
 from shopmesh.settings import PROJECT_ROOT, Settings
 
 
+#: State and secrets under var/ are readable by their owner only: every file the mesh's processes create is made
+#: with this umask (the CLI's own and supervisord's, which its programs inherit).
+UMASK = 0o077
+
+
+def owner_only(tree: Path) -> None:
+    """Take the group's and others' bits off everything under tree: for a var/ made before the umask was set."""
+    if not tree.exists():
+        return
+    for path in [tree, *tree.rglob("*")]:
+        if not path.is_symlink():
+            mode = path.stat().st_mode & 0o7777
+            if mode & 0o077:
+                path.chmod(mode & 0o700)
+
+
 @dataclass(frozen=True)
 class ProgramSpec:
-    """What supervisord needs to run one process."""
+    """What supervisord needs to run one process. `secrets` names environment variables whose values must not be
+    written into supervisord's configuration file: the file refers to them, and supervisord is started with their
+    values in its environment."""
 
     name: str
     argv: Sequence[str]
     env: Mapping[str, str] = field(default_factory=dict)
     stop_seconds: int = 30
+    secrets: Mapping[str, str] = field(default_factory=dict)
 
 
 def _escape(value: str) -> str:
@@ -42,6 +63,7 @@ def render_config(settings: Settings, programs: Sequence[ProgramSpec]) -> str:
         "childlogdir": str(settings.log_dir),
         "directory": str(PROJECT_ROOT),
         "identifier": "shopmesh",
+        "umask": f"{UMASK:03o}",
     }
     config["rpcinterface:supervisor"] = {
         "supervisor.rpcinterface_factory": "supervisor.rpcinterface:make_main_rpcinterface"
@@ -67,8 +89,11 @@ def render_config(settings: Settings, programs: Sequence[ProgramSpec]) -> str:
             "stdout_logfile_maxbytes": "20MB",
             "stdout_logfile_backups": "2",
         }
-        if program.env:
-            section["environment"] = ",".join(f'{key}="{_escape(value)}"' for key, value in program.env.items())
+        environment = [f'{key}="{_escape(value)}"' for key, value in program.env.items()]
+        # A secret's value stays in supervisord's environment; the file holds only a reference to it.
+        environment += [f'{key}="%(ENV_{_secret_variable(key)})s"' for key in program.secrets]
+        if environment:
+            section["environment"] = ",".join(environment)
         config[f"program:{program.name}"] = section
     lines = []
     for name in config.sections():
@@ -76,6 +101,10 @@ def render_config(settings: Settings, programs: Sequence[ProgramSpec]) -> str:
         lines.extend(f"{key}={value}" for key, value in config[name].items())
         lines.append("")
     return "\n".join(lines)
+
+
+def _secret_variable(key: str) -> str:
+    return f"SHOPMESH_SECRET_{key}"
 
 
 class Supervisor:
@@ -102,8 +131,10 @@ class Supervisor:
 
     def start_daemon(self, programs: Sequence[ProgramSpec]) -> None:
         """Write the configuration and start supervisord, or make a running one pick up the new configuration."""
+        os.umask(UMASK)
         for folder in (self.settings.run_dir, self.settings.log_dir):
             folder.mkdir(parents=True, exist_ok=True)
+        owner_only(self.settings.var_dir)
         self.config_path.write_text(render_config(self.settings, programs))
         if self.running():
             self.rpc.reloadConfig()
@@ -116,7 +147,9 @@ class Supervisor:
                     self.rpc.stopProcess(name, True)
                 self.rpc.removeProcessGroup(name)
             return
-        subprocess.run([sys.executable, "-m", "supervisor.supervisord", "-c", str(self.config_path)], check=True)
+        secrets = {_secret_variable(key): value for program in programs for key, value in program.secrets.items()}
+        subprocess.run([sys.executable, "-m", "supervisor.supervisord", "-c", str(self.config_path)], check=True,
+                       env={**os.environ, **secrets})
         deadline = time.monotonic() + 15
         while not self.running():
             if time.monotonic() > deadline:

@@ -8,7 +8,7 @@ import pytest
 
 from shopmesh.settings import Settings
 from shopmesh.stack import BringUp, Program, StackError
-from shopmesh.supervise import ProgramSpec, render_config
+from shopmesh.supervise import ProgramSpec, owner_only, render_config
 
 
 class Processes:
@@ -98,3 +98,21 @@ def test_programs_are_stopped_in_the_reverse_of_their_start_order(tmp_path):
                                                       ("consul", "kafka", "analytics-totals-5s")])
     priorities = dict(re.findall(r"\[program:(\S+)\]\n(?:.*\n)*?priority=(\d+)", text))
     assert sorted(priorities, key=lambda name: int(priorities[name])) == ["consul", "kafka", "analytics-totals-5s"]
+
+
+def test_a_secret_is_referred_to_in_the_supervisor_config_never_written_into_it(tmp_path):
+    text = render_config(Settings(var_dir=tmp_path), [
+        ProgramSpec("keycloak", ["kc.sh"], {"USER": "admin"}, secrets={"PASSWORD": "s3cret-value"})])
+    assert "s3cret-value" not in text
+    assert 'environment=USER="admin",PASSWORD="%(ENV_SHOPMESH_SECRET_PASSWORD)s"' in text
+    assert "umask=077" in text  # every program's files are its owner's only
+
+
+def test_owner_only_takes_the_group_and_other_bits_off_a_tree(tmp_path):
+    (tmp_path / "data").mkdir(mode=0o755)
+    (tmp_path / "data" / "keys.db").write_text("private")
+    (tmp_path / "data" / "keys.db").chmod(0o644)
+    (tmp_path / "data" / "link").symlink_to("/etc/hostname")
+    owner_only(tmp_path)
+    assert {path.name: path.stat().st_mode & 0o777 for path in (tmp_path / "data", tmp_path / "data" / "keys.db")} \
+        == {"data": 0o700, "keys.db": 0o600}
