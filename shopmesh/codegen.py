@@ -13,6 +13,7 @@ import tempfile
 from importlib import resources
 from pathlib import Path
 
+import yaml
 from grpc_tools import protoc
 
 from shopmesh.settings import PROJECT_ROOT
@@ -78,15 +79,66 @@ def _protoc(*args: str) -> None:
         raise GenerationError("protoc failed on protos/ (its messages are printed above)")
 
 
+#: The error answers every operation may give, with the JSON body both the services' errors (google.rpc.Status,
+#: through the transcoder) and Envoy's own (local_reply_config) have.
+_ERRORS = {
+    "400": "Bad input: a field, the JSON body or a query parameter is wrong; the message names it.",
+    "401": "No token, or one that is invalid, expired, or not for this API.",
+    "403": "The token is valid but lacks a role the permission table asks for this operation.",
+    "503": "A service the operation needs is unavailable for the moment; retrying later may succeed.",
+}
+#: Errors of some operations only, by the last word of their operationId.
+_ERRORS_BY_KIND = {
+    "404": ("The resource named (in the path, or a customer or product of the body) does not exist.",
+            ("Get", "Update", "Delete", "CreateBill")),
+    "409": ("Another resource already has this unique value (a customer's email, whatever its case).",
+            ("CreateCustomer", "UpdateCustomer")),
+    "413": ("The request body is larger than the gateway accepts.", ("Create", "Update")),
+}
+_STATUS_SCHEMA = {
+    "type": "object",
+    "description": "An error: its gRPC status code and a message naming what is wrong.",
+    "properties": {
+        "code": {"type": "integer", "format": "int32", "description": "The gRPC status code (3 invalid argument, "
+                 "5 not found, 6 already exists, 7 permission denied, 9 failed precondition, 14 unavailable, "
+                 "16 unauthenticated)."},
+        "message": {"type": "string", "description": "What is wrong, naming the field at fault."},
+        "details": {"type": "array", "items": {"type": "object"}, "description": "Further details, if any."},
+    },
+    "required": ["code", "message"],
+}
+
+
+def add_error_answers(description: dict) -> dict:
+    """Document each operation's error answers: generic tools then tell a documented 404 from an undocumented one."""
+    description.setdefault("components", {}).setdefault("schemas", {})["Status"] = _STATUS_SCHEMA
+    for operations in description["paths"].values():
+        for operation in operations.values():
+            rpc = operation["operationId"].split("_", 1)[1]
+            errors = dict(_ERRORS)
+            for code, (text, kinds) in _ERRORS_BY_KIND.items():
+                if any(rpc.startswith(kind) or rpc == kind for kind in kinds):
+                    errors[code] = text
+            for code, text in sorted(errors.items()):
+                operation["responses"][code] = {
+                    "description": text,
+                    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Status"}}},
+                }
+    return description
+
+
 def render_openapi(plugin: Path) -> str:
-    """The OpenAPI description of the REST API, from gnostic's protoc-gen-openapi."""
+    """The OpenAPI description of the REST API, from gnostic's protoc-gen-openapi, with the error answers."""
     # The plugin is written in Go and insists on a Go package per file; these names appear nowhere in its output.
     go_packages = ",".join(f"M{path.relative_to(PROTOS)}=shopmesh.local/{path.parent.relative_to(PROTOS)}"
                            for path in proto_files())
     with tempfile.TemporaryDirectory() as out:
         _protoc(f"--plugin=protoc-gen-openapi={plugin}", f"--openapi_out={out}",
                 f"--openapi_opt=title=shopmesh REST API,version=v1,default_response=false,{go_packages}")
-        return (Path(out) / "openapi.yaml").read_text()
+        generated = yaml.safe_load((Path(out) / "openapi.yaml").read_text())
+    header = ("# Generated from protos/ with gnostic's protoc-gen-openapi and shopmesh/codegen.py (the error answers):\n"
+              "# `shopmesh install` writes it; do not edit it by hand.\n")
+    return header + yaml.safe_dump(add_error_answers(generated), sort_keys=False, width=120, allow_unicode=True)
 
 
 def write_openapi(plugin: Path) -> None:
