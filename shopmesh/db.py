@@ -12,6 +12,7 @@ import logging
 from sqlalchemy import Engine, Index, MetaData, create_engine, event
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.schema import CreateIndex
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -43,7 +44,8 @@ class Database:
         # create_all makes the tables that are missing; an index added since reaches an existing table here.
         for index in indexes:
             try:
-                index.create(self.engine, checkfirst=True)
+                with self.engine.begin() as connection:
+                    connection.execute(CreateIndex(index, if_not_exists=True))
             except IntegrityError as error:
                 log.error("cannot create the index %s: the stored rows break it (%s); fix them and restart",
                           index.name, error.orig)

@@ -25,22 +25,31 @@ def new_id() -> str:
     return uuid.uuid4().hex
 
 
+def _has_control_characters(value: str) -> bool:
+    # NUL and the other C0/C1 controls: PostgreSQL refuses NUL in text, and none belongs in a name or an id.
+    return any(ord(character) < 32 or 127 <= ord(character) < 160 for character in value)
+
+
 def check_id(value: str, field: str) -> str:
-    """An id as clients send it: not empty, at most MAX_ID characters."""
+    """An id as clients send it: not empty, at most MAX_ID characters, no control characters."""
     if not value:
         raise InvalidArgument(field, "must not be empty")
     if len(value) > MAX_ID:
         raise InvalidArgument(field, f"must be at most {MAX_ID} characters, got {len(value)}")
+    if _has_control_characters(value):
+        raise InvalidArgument(field, "must not contain control characters")
     return value
 
 
 def check_name(value: str, field: str) -> str:
-    """A display name: not blank, at most MAX_NAME characters once trimmed."""
+    """A display name: not blank, at most MAX_NAME characters once trimmed, no control characters."""
     name = value.strip()
     if not name:
         raise InvalidArgument(field, "must not be empty")
     if len(name) > MAX_NAME:
         raise InvalidArgument(field, f"must be at most {MAX_NAME} characters, got {len(name)}")
+    if _has_control_characters(name):
+        raise InvalidArgument(field, "must not contain control characters")
     return name
 
 

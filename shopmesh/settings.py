@@ -61,7 +61,7 @@ class Settings(BaseSettings):
     billing_stale_bill_seconds: float = Field(
         30.0, gt=0, description="A bill still unstored after this long has its reserved stock given back.")
     outbox_warning_seconds: float = Field(
-        30.0, gt=0, description="Billing's Consul check warns while an invoice event waits longer than this.")
+        10.0, gt=0, description="Billing's Consul check warns while an invoice event waits longer than this.")
     consul_check_interval: str = "2s"
     consul_deregister_after: str = "30s"
 

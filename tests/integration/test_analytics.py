@@ -264,3 +264,42 @@ def test_watch_shows_the_latest_windows_and_the_customers_totals(mesh):
     assert "5-second windows (latest 3)" in shown.stdout and f"Customers ({len(latest)})" in shown.stdout
     some_customer = next(iter(latest.values()))
     assert some_customer["customer_name"] in shown.stdout
+
+
+#: Messages that stopped a dataflow before (each made it exit 1, and crash again on restart), and one from the
+#: far future that moved the windows' clock so that every current invoice was late; each with its DLQ reason.
+POISON = [
+    (b'{"invoice_id": "p1", "customer_name": "Imane", "amount": ' + b"9" * 5000 +
+     b', "issued_at": "2026-01-01T00:00:01Z"}', "not JSON"),
+    (b'{"invoice_id": "p2", "customer_name": "Imane", "amount": 1, "issued_at": "9999-12-31T23:00:00-23:59"}',
+     "issued_at is out of range"),
+    (b'{"invoice_id": "p3", "customer_name": "Imane", "amount": 1, "issued_at": "2999-01-01T00:00:00Z"}', "future"),
+    (b"\xff\xfe" + b"x" * 500_000, "not JSON"),
+]
+
+
+def test_poison_messages_go_to_the_dlq_and_the_dataflows_keep_exact_totals(mesh, topics, dataflows, tmp_path):
+    for name in CONSUL_NAMES:
+        dataflows.append(RunningDataflow(name, topics, tmp_path, late_seconds="3", snapshot_seconds="1").start())
+    now = datetime.now(UTC).replace(microsecond=0)
+    before = [_invoice(CUSTOMERS[n % 3], 100 + n, now + timedelta(milliseconds=10 * n)) for n in range(30)]
+    after = [_invoice(CUSTOMERS[n % 3], 7 + n, now + timedelta(seconds=1, milliseconds=10 * n)) for n in range(30)]
+    _send(mesh, topics.input, [(invoice.key(), invoice.value()) for invoice in before])
+    poison = _send(mesh, topics.input, [(b"poison", raw) for raw, _ in POISON])
+    _send(mesh, topics.input, [(invoice.key(), invoice.value()) for invoice in after])
+
+    expected = _expected_customers(before + after)
+    wait_for(lambda: {name: (record["total"], record["count"]) for name, record in
+                      _latest_by_key(mesh, topics.by_customer).items()} == expected, 90,
+             "every customer's total over the valid invoices")
+    # The future invoice did not move the windows' clock: the current invoices are all counted in their windows.
+    total = sum(invoice.amount_cents for invoice in before + after)
+    wait_for(lambda: sum(round(Decimal(record["total"]) * 100) for record in
+                         _window_totals(mesh, topics).values()) == total, 90, "the windows to total every invoice")
+    assert sum(record["count"] for record in _window_totals(mesh, topics).values()) == len(before + after)
+    letters = [json.loads(message.value) for message in read_topic(mesh, topics.dlq)]
+    for (_, reason), (partition, offset) in zip(POISON, poison, strict=True):
+        found = [letter for letter in letters if (letter["partition"], letter["offset"]) == (partition, offset)]
+        assert len(found) == 1 and found[0]["error"].startswith(reason), (reason, found)
+    assert not [letter for letter in letters if letter["error"] == "late"], "no current invoice may be late"
+    assert all(dataflow.process.poll() is None for dataflow in dataflows), [d.log()[-2000:] for d in dataflows]

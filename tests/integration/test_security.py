@@ -286,3 +286,39 @@ def test_a_users_password_comes_from_the_environment(mesh, monkeypatch):
         monkeypatch.delenv("SHOPMESH_PASSWORD_PRODUCT_MANAGER")
         realm.apply(mesh)
     assert realm.token(mesh, "product-manager", "product-manager-pass")["access_token"]
+
+
+def test_a_token_of_another_client_without_our_audience_is_401_like_any_invalid_token(mesh):
+    keycloak = realm.admin(mesh)
+    client_id = f"shopmesh-test-foreign-{uuid.uuid4().hex[:6]}"
+    internal = keycloak.create_client({"clientId": client_id, "publicClient": True, "directAccessGrantsEnabled": True,
+                                       "standardFlowEnabled": False})
+    try:
+        foreign = KeycloakOpenID(server_url=f"{mesh.keycloak_url}/", realm_name="shopmesh", client_id=client_id)
+        token = foreign.token("mesh-admin", realm.password("mesh-admin"))["access_token"]
+        _rejected_everywhere(mesh, token)
+    finally:
+        keycloak.delete_client(internal)
+
+
+# --- secrets and state on disk ----------------------------------------------------------------------------------
+
+
+def test_nothing_under_var_is_readable_by_group_or_others(mesh):
+    """Keycloak's database holds the realm's private signing keys: readable by others, it let anyone on the machine
+    mint an ADMIN token. Every file and folder of the running mesh's var/ is its owner's only."""
+    exposed = []
+    for path in [mesh.var_dir, *mesh.var_dir.rglob("*")]:
+        try:
+            if not path.is_symlink() and path.stat().st_mode & 0o077:
+                exposed.append(f"{path.stat().st_mode & 0o777:o} {path}")
+        except FileNotFoundError:
+            pass  # a file that went away while the walk ran (a log rotated, a Kafka segment deleted)
+    assert exposed == []
+    assert any((mesh.var_dir / "keycloak" / "data").rglob("*.db")), "Keycloak's database is under var/"
+
+
+def test_the_keycloak_admin_password_is_in_no_configuration_file(mesh):
+    written = [path for path in (mesh.var_dir / "run").rglob("*") if path.is_file()
+               and mesh.keycloak_admin_password.encode() in path.read_bytes()]
+    assert written == []

@@ -102,6 +102,7 @@ def test_names_are_trimmed_and_bounded(value):
         assert len(error.message) < MESSAGE_BOUND
         return
     assert name == value.strip() and 0 < len(name) <= 200
+    assert all(ord(character) >= 32 for character in name)
 
 
 def test_a_megabyte_value_is_quoted_by_its_start_and_length():

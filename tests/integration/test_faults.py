@@ -1,0 +1,202 @@
+"""Faults injected into the real components while the mesh works, counting what was lost or failed: Kafka paused
+and killed while bills are made, Consul restarted under a read loop, billing killed between reserving stock and
+storing bills, and a storm of CreateBill calls whose callers give up. Each asserts that nothing was lost."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import threading
+import time
+import uuid
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+
+import grpc
+import httpx
+import pytest
+
+from shopmesh import health, invoices
+from shopmesh.billing.v1 import billing_service_pb2 as billing
+from shopmesh.billing.v1 import billing_service_pb2_grpc as billing_grpc
+from shopmesh.supervise import Supervisor
+from tests.auth import Bearer, authorized_channel
+from tests.conftest import shopmesh, wait_for
+from tests.kafka_topics import invoice_ids, read_topic
+from tests.load import GetLoop
+
+
+@pytest.fixture(scope="module")
+def admin(mesh, tokens):
+    with httpx.Client(base_url=mesh.gateway_url, timeout=30, auth=Bearer(tokens)) as client:
+        yield client
+
+
+@pytest.fixture
+def stock(admin):
+    """A fresh customer and a product with 1,000 units, and a way to tell stock taken from billed quantities."""
+    customer = admin.post("/v1/customers", json={"name": "Fault Tester",
+                                                 "email": f"{uuid.uuid4().hex[:12]}@example.com"}).json()
+    product = admin.post("/v1/products", json={"name": f"fault {uuid.uuid4().hex[:6]}", "price": "1.25",
+                                               "quantity": 1000}).json()
+
+    class Stock:
+        def taken(self) -> int:
+            return 1000 - admin.get(f"/v1/products/{product['id']}").json()["quantity"]
+
+        def billed(self) -> int:
+            bills, token = [], ""
+            while True:
+                page = admin.get("/v1/bills", params={"customerId": customer["id"], "pageSize": 1000,
+                                                      "pageToken": token}).json()
+                bills += page["bills"]
+                if not (token := page["nextPageToken"]):
+                    return sum(item["quantity"] for bill in bills for item in bill["items"])
+
+        def reconciled(self) -> bool:
+            return self.taken() == self.billed()
+
+    made = Stock()
+    made.customer, made.product = customer, product
+    return made
+
+
+def _pid(mesh, program: str) -> int:
+    return Supervisor(mesh).rpc.getProcessInfo(program)["pid"]
+
+
+def _bill(client: httpx.Client, stock) -> str:
+    answer = client.post("/v1/bills", json={"customerId": stock.customer["id"],
+                                            "items": [{"productId": stock.product["id"], "quantity": 1}]})
+    assert answer.status_code == 200, answer.text
+    return answer.json()["id"]
+
+
+def _outbox_check(mesh) -> dict:
+    checks = httpx.get(f"{mesh.consul_url}/v1/agent/checks", params={"filter": 'Name == "outbox"'}).json()
+    return next(iter(checks.values()))
+
+
+def _published_once(mesh, bill_ids: list[str]) -> None:
+    wait_for(lambda: set(bill_ids) <= set(invoice_ids(read_topic(mesh, invoices.FACTURATION))), 180,
+             "every bill's event on FACTURATION")
+    time.sleep(3)  # the relay's next rounds must not send any of them again
+    counts = Counter(invoice_ids(read_topic(mesh, invoices.FACTURATION)))
+    assert {bill_id: counts[bill_id] for bill_id in bill_ids} == dict.fromkeys(bill_ids, 1)
+
+
+def test_bills_made_while_kafka_is_paused_25_s_are_each_published_once(mesh, tokens, stock):
+    kafka = _pid(mesh, "kafka")
+    with httpx.Client(base_url=mesh.gateway_url, timeout=30, auth=Bearer(tokens, "billing-manager")) as client:
+        os.kill(kafka, signal.SIGSTOP)
+        try:
+            paused = time.monotonic()
+            bill_ids = []
+            for _ in range(20):
+                bill_ids.append(_bill(client, stock))
+                time.sleep(0.5)
+            # Events waiting longer than the threshold turn billing's outbox check to warning, and status says so.
+            wait_for(lambda: _outbox_check(mesh)["Status"] == "warning", max(1.0, paused + 25 - time.monotonic()),
+                     "billing's outbox check to warn")
+            status = shopmesh("status")
+            assert "outbox is warning" in status.stdout and "invoice events wait" in status.stdout, status.stdout
+            time.sleep(max(0.0, paused + 25 - time.monotonic()))
+        finally:
+            os.kill(kafka, signal.SIGCONT)
+    _published_once(mesh, bill_ids)
+    wait_for(lambda: _outbox_check(mesh)["Status"] == "passing", 30, "billing's outbox check to pass again")
+
+
+def test_bills_made_while_kafka_is_killed_and_restarted_are_each_published_once(mesh, tokens, stock):
+    with httpx.Client(base_url=mesh.gateway_url, timeout=30, auth=Bearer(tokens, "billing-manager")) as client:
+        bill_ids = [_bill(client, stock) for _ in range(5)]
+        os.kill(_pid(mesh, "kafka"), signal.SIGKILL)  # supervisord starts it again by itself
+        bill_ids += [_bill(client, stock) for _ in range(10)]
+        wait_for(lambda: health.kafka_metadata(mesh) is None, 180, "Kafka to be back")
+        bill_ids += [_bill(client, stock) for _ in range(5)]
+    _published_once(mesh, bill_ids)
+    assert stock.reconciled()
+
+
+def test_consul_restarted_under_reads_and_bills_fails_no_request(mesh, tokens, stock):
+    supervisor = Supervisor(mesh)
+    bills: list[int] = []
+    stop = threading.Event()
+
+    def make_bills() -> None:
+        with httpx.Client(base_url=mesh.gateway_url, timeout=30, auth=Bearer(tokens, "billing-manager")) as client:
+            while not stop.is_set():
+                bills.append(client.post("/v1/bills", json={
+                    "customerId": stock.customer["id"],
+                    "items": [{"productId": stock.product["id"], "quantity": 1}]}).status_code)
+                time.sleep(0.2)
+
+    billing_thread = threading.Thread(target=make_bills, daemon=True)
+    with GetLoop(mesh, stock.customer["id"], tokens) as reads:
+        billing_thread.start()
+        time.sleep(2)
+        supervisor.rpc.stopProcess("consul", True)
+        time.sleep(5)
+        supervisor.rpc.startProcess("consul", True)
+        wait_for(lambda: health.consul_leader(mesh) is None, 60, "Consul to be back")
+        time.sleep(15)  # the agent's checks run again and every watch resumes
+        stop.set()
+        billing_thread.join(60)
+    assert reads.statuses and bills
+    assert Counter(reads.statuses) == {200: len(reads.statuses)}
+    assert Counter(bills) == {200: len(bills)}
+    assert stock.reconciled()
+
+
+def test_a_storm_of_createbill_calls_that_give_up_leaks_no_stock(mesh, tokens, stock):
+    channel = authorized_channel(f"{mesh.host}:{mesh.billing_service_port}", tokens, "billing-manager")
+    stub = billing_grpc.BillingServiceStub(channel)
+    request = billing.CreateBillRequest(customer_id=stock.customer["id"], items=[
+        billing.CreateBillRequest.Item(product_id=stock.product["id"], quantity=1)])
+    deadlines = random.Random(11)
+    outcomes: Counter = Counter()
+
+    def call(_) -> None:
+        try:
+            stub.CreateBill(request, timeout=deadlines.uniform(0.005, 0.083))
+            outcomes["OK"] += 1
+        except grpc.RpcError as error:
+            outcomes[error.code().name] += 1
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        list(pool.map(call, range(200)))
+    channel.close()
+    assert outcomes["DEADLINE_EXCEEDED"] > 0, outcomes  # the storm did cut calls short
+    wait_for(stock.reconciled, 90, "the stock taken to equal the quantities of stored bills")
+    time.sleep(3)
+    assert stock.taken() == stock.billed() > 0
+
+
+def test_billing_killed_while_making_bills_leaks_no_stock(mesh, tokens, stock):
+    channel = authorized_channel(f"{mesh.host}:{mesh.billing_service_port}", tokens, "billing-manager")
+    stub = billing_grpc.BillingServiceStub(channel)
+    request = billing.CreateBillRequest(customer_id=stock.customer["id"], items=[
+        billing.CreateBillRequest.Item(product_id=stock.product["id"], quantity=1)])
+    stop = threading.Event()
+
+    def make_bills() -> None:
+        while not stop.is_set():
+            try:
+                stub.CreateBill(request, timeout=2)
+            except grpc.RpcError:
+                time.sleep(0.05)
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        for _ in range(4):
+            pool.submit(make_bills)
+        time.sleep(2)
+        os.kill(_pid(mesh, "billing-service"), signal.SIGKILL)  # supervisord starts it again by itself
+        time.sleep(1)
+        stop.set()
+    channel.close()
+    wait_for(lambda: health.service_instance(mesh, "billing-service", mesh.billing_service_port) is None, 60,
+             "billing to be back")
+    # A bill left unstored by the kill is given back once stale (billing_stale_bill_seconds, 30 s by default).
+    wait_for(stock.reconciled, mesh.billing_stale_bill_seconds + 60, "the stock of unstored bills to be given back")
+    assert stock.billed() > 0
