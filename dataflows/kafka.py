@@ -10,6 +10,8 @@ import bytewax.connectors.kafka.operators as kop
 import bytewax.operators as op
 from bytewax.connectors.kafka import KafkaSinkMessage, KafkaSourceMessage
 from bytewax.dataflow import Dataflow, Stream
+from confluent_kafka import KafkaException
+from confluent_kafka.admin import AdminClient
 
 from dataflows.invoices import BadInvoice, ParsedInvoice, dead_letter, dead_letter_key, parse
 from shopmesh.settings import Settings
@@ -60,3 +62,13 @@ def write(step_id: str, up: Stream[KafkaSinkMessage], topic: str, settings: Sett
     # the producer's own retries.
     kop.output(step_id, up, brokers=[settings.kafka_bootstrap], topic=topic,
                add_config={"acks": "all", "enable.idempotence": "true", "linger.ms": "5"})
+
+
+def partition_count(settings: Settings, topic: str) -> int:
+    """How many partitions the topic has; 0 (and a warning) when Kafka cannot say within 10 s."""
+    try:
+        metadata = AdminClient({"bootstrap.servers": settings.kafka_bootstrap}).list_topics(topic, timeout=10)
+        return len(metadata.topics[topic].partitions)
+    except (KafkaException, KeyError) as error:
+        log.warning("cannot tell how many partitions %s has (%s): windows go by the partitions seen", topic, error)
+        return 0

@@ -1,8 +1,8 @@
 """FACTURATION_TOTAL_5S: the total and count of the invoices issued in each 5-second window.
 
-Windows are tumbling, aligned to the epoch, on event time (`issued_at`). A window closes once the watermark,
-the latest `issued_at` seen less `analytics_late_seconds`, has passed its end; an invoice that arrives for a
-closed window goes to the dead-letter topic with the reason `late`."""
+Windows are tumbling, aligned to the epoch, on event time (`issued_at`). A window closes once the watermark, the
+`issued_at` that every input partition has reached less `analytics_late_seconds`, has passed its end; an invoice
+that arrives for a closed window goes to the dead-letter topic with the reason `late`."""
 
 from __future__ import annotations
 
@@ -11,11 +11,11 @@ from datetime import timedelta
 import bytewax.operators as op
 from bytewax.connectors.kafka import KafkaSinkMessage
 from bytewax.dataflow import Dataflow
-from bytewax.operators.windowing import EventClock, fold_window
+from bytewax.operators.windowing import fold_window
 
 from dataflows import kafka
 from dataflows.invoices import EPOCH, WINDOW, WindowSum, window_start, window_total
-from dataflows.windowing import KeptTumblingWindower
+from dataflows.windowing import KeptTumblingWindower, PartitionedEventClock
 from shopmesh.invoices import iso_millis
 from shopmesh.settings import Settings, load
 
@@ -27,9 +27,11 @@ def flow(settings: Settings | None = None) -> Dataflow:
     received = kafka.invoices(flow, settings, report_unreadable=False)  # totals_by_customer reports them
     # One key: every window totals all customers.
     everything = op.key_on("all customers", received, lambda _: "all")
-    clock = EventClock(lambda item: item.invoice.issued_at, wait_for_system_duration=late_after,
-                       # Wake up when a window can close, not at its end, which would poll until then.
-                       to_system_utc=lambda close: close + late_after)
+    clock = PartitionedEventClock(lambda item: item.invoice.issued_at, lambda item: item.message.partition,
+                                  kafka.partition_count(settings, settings.analytics_input_topic),
+                                  wait_for_system_duration=late_after,
+                                  # Wake up when a window can close, not at its end, which would poll until then.
+                                  to_system_utc=lambda close: close + late_after)
     windows = fold_window("5 s windows", everything, clock, KeptTumblingWindower(WINDOW, align_to=EPOCH),
                           WindowSum, lambda window, item: window.add(item.invoice), WindowSum.merge,
                           ordered=False)

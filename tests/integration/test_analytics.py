@@ -19,6 +19,7 @@ import pytest
 from kafka import KafkaProducer
 
 from dataflows import CONSUL_NAMES
+from dataflows.invoices import EPOCH, WINDOW
 from shopmesh import invoices
 from shopmesh.settings import Settings
 from tests.analytics import RunningDataflow, Topics, own_topics, stopped_at_the_end
@@ -303,3 +304,38 @@ def test_poison_messages_go_to_the_dlq_and_the_dataflows_keep_exact_totals(mesh,
         assert len(found) == 1 and found[0]["error"].startswith(reason), (reason, found)
     assert not [letter for letter in letters if letter["error"] == "late"], "no current invoice may be late"
     assert all(dataflow.process.poll() is None for dataflow in dataflows), [d.log()[-2000:] for d in dataflows]
+
+
+def test_catching_up_a_backlog_gives_exact_windows_with_the_default_wait(mesh, topics, dataflows, tmp_path):
+    """Kafka's partitions are read a batch (1,000 messages) at a time: over a backlog, one partition runs tens of
+    seconds of event time ahead of the others. The windows close on the event time every partition has reached,
+    so none of the others' invoices is late, with the default 5 s wait."""
+    start = (datetime.now(UTC) - timedelta(hours=1)).replace(microsecond=0)
+    start -= timedelta(seconds=start.second % 5)
+    made = [_invoice(f"Backlog {n % 12}", 1 + n % 997, start + timedelta(milliseconds=10 * n)) for n in range(18_000)]
+    producer = KafkaProducer(bootstrap_servers=mesh.kafka_bootstrap, acks="all", linger_ms=20)
+    for invoice in made:
+        producer.send(topics.input, key=invoice.key(), value=invoice.value())
+    producer.flush(120)
+    producer.close()
+    dataflows.append(RunningDataflow("totals_5s", topics, tmp_path).start())  # the default wait, 5 s
+
+    expected: dict[str, tuple[int, int]] = defaultdict(lambda: (0, 0))
+    for invoice in made:
+        key = invoices.iso_millis(window_of(invoice.issued_at))
+        total, count = expected[key]
+        expected[key] = (total + invoice.amount_cents, count + 1)
+    last_window = max(expected)
+
+    def windows() -> dict[str, tuple[int, int]]:
+        return {key: (round(Decimal(record["total"]) * 100), record["count"])
+                for key, record in _window_totals(mesh, topics).items()}
+
+    # The last window closes once the watermark passes it: the flow's clock moves on with system time.
+    wait_for(lambda: last_window in windows(), 180, "the backlog's last window")
+    assert read_topic(mesh, topics.dlq) == [], "no invoice of the backlog may be late"
+    assert windows() == dict(expected)
+
+
+def window_of(moment: datetime) -> datetime:
+    return EPOCH + (moment - EPOCH) // WINDOW * WINDOW
