@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import OrderedDict
 
 import grpc
 import jwt
@@ -21,6 +22,33 @@ log = logging.getLogger(__name__)
 AUDIENCES = ("shopmesh-gateway", "shopmesh-services")
 #: Allowed clock difference with Keycloak, in seconds (Envoy uses the same).
 LEEWAY = 5
+
+
+class VerifiedTokens:
+    """The claims of tokens already verified, so that a client's token is checked with RS256 once, not on every
+    call. Bounded (the least recently used go first), and a token is served from here only until it expires:
+    past its exp (and the leeway) it is verified again, which refuses it."""
+
+    def __init__(self, size: int = 10_000, clock=time.time) -> None:
+        self.size = size
+        self.clock = clock
+        self._claims: OrderedDict[str, dict] = OrderedDict()
+
+    def get(self, token: str) -> dict | None:
+        claims = self._claims.get(token)
+        if claims is None:
+            return None
+        if self.clock() >= claims.get("exp", 0) + LEEWAY:
+            del self._claims[token]
+            return None
+        self._claims.move_to_end(token)
+        return claims
+
+    def put(self, token: str, claims: dict) -> None:
+        self._claims[token] = claims
+        self._claims.move_to_end(token)
+        while len(self._claims) > self.size:
+            self._claims.popitem(last=False)
 
 
 class TokenVerifier:
@@ -50,6 +78,7 @@ class Authorization(ServerInterceptor):
 
     def __init__(self, verifier: TokenVerifier) -> None:
         self.verifier = verifier
+        self.verified = VerifiedTokens()
 
     async def intercept_service(self, continuation, details: grpc.HandlerCallDetails):
         if is_open(details.method):
@@ -58,8 +87,13 @@ class Authorization(ServerInterceptor):
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token:
             return _deny(grpc.StatusCode.UNAUTHENTICATED, "a Keycloak access token is required: authorization: Bearer <token>")
+        token = token.strip()
         try:
-            claims = await asyncio.to_thread(self.verifier.claims, token.strip())
+            # A token verified before is not verified again until it expires; a new one is, off the event loop.
+            claims = self.verified.get(token)
+            if claims is None:
+                claims = await asyncio.to_thread(self.verifier.claims, token)
+                self.verified.put(token, claims)
         except jwt.PyJWKClientConnectionError as error:
             log.warning("cannot fetch the realm's keys: %s", error)
             return _deny(grpc.StatusCode.UNAVAILABLE, "the token cannot be checked now: Keycloak is unreachable")

@@ -18,6 +18,9 @@ _CUSTOMERS = "/shopmesh.customer.v1.CustomerService/"
 _PRODUCTS = "/shopmesh.inventory.v1.InventoryService/"
 _BILLS = "/shopmesh.billing.v1.BillingService/"
 
+#: The services' own RPCs: not routed by the gateway, and callable only with MESH_SERVICE.
+INTERNAL_METHODS = (f"{_PRODUCTS}ReserveStock", f"{_PRODUCTS}ReleaseStock")
+
 #: gRPC method path -> the realm roles of which a caller needs one.
 PERMISSIONS: dict[str, frozenset[str]] = {
     **{f"{_CUSTOMERS}{rpc}": _READERS for rpc in ("ListCustomers", "GetCustomer")},
@@ -28,7 +31,7 @@ PERMISSIONS: dict[str, frozenset[str]] = {
        for rpc in ("CreateProduct", "UpdateProduct", "DeleteProduct")},
     **{f"{_BILLS}{rpc}": frozenset({BILLING_MANAGER, ADMIN}) for rpc in ("ListBills", "GetBill", "CreateBill")},
     # Taking stock is part of making a bill, which billing does with its service account's token.
-    **{f"{_PRODUCTS}{rpc}": frozenset({MESH_SERVICE}) for rpc in ("ReserveStock", "ReleaseStock")},
+    **{method: frozenset({MESH_SERVICE}) for method in INTERNAL_METHODS},
 }
 
 #: Open to anyone, so that health checks work and grpcurl can list and describe without a token.
@@ -59,9 +62,11 @@ def rbac_policies() -> dict:
         }
         for role in (*ROLES, MESH_SERVICE)
     }
-    # A path that names no shopmesh method (an unknown REST path) is not for RBAC to judge: the routes answer 404.
+    # A path that names no shopmesh method (an unknown REST path), or an internal RPC, is not for RBAC to judge:
+    # the gateway routes neither, and answers 404 whoever asks.
     policies["unrouted-paths"] = {
-        "permissions": [{"not_rule": {"url_path": {"path": {"prefix": "/shopmesh."}}}}],
+        "permissions": [{"not_rule": {"url_path": {"path": {"prefix": "/shopmesh."}}}},
+                        *({"url_path": {"path": {"exact": method}}} for method in INTERNAL_METHODS)],
         "principals": [{"any": True}],
     }
     return policies

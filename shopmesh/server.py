@@ -21,6 +21,9 @@ from shopmesh.settings import Settings, load
 
 log = logging.getLogger(__name__)
 
+#: Request metadata a service accepts: Envoy's own limit on request headers (60 KiB) and some room.
+METADATA_LIMIT = 64 * 1024
+
 #: Attaches a service's servicer to the server, appends any status checks of its own to the list (reported to
 #: Consul with the instance), and returns what to close on shutdown (or None).
 Attach = Callable[[grpc.aio.Server, Settings, list[StatusCheck]], Awaitable[Callable[[], Awaitable[None]] | None]]
@@ -46,7 +49,11 @@ class Service:
 
 async def serve(service: Service, settings: Settings) -> None:
     interceptors = [Authorization(TokenVerifier(settings))] if service.authenticated else []
-    server = grpc.aio.server(interceptors=[*interceptors, ErrorMapping()])
+    # Envoy forwards the REST path as x-envoy-original-path: a long id in it (refused with INVALID_ARGUMENT by the
+    # service) must not first trip gRPC's default 8 KiB metadata limit, which answers RESOURCE_EXHAUSTED at random.
+    server = grpc.aio.server(interceptors=[*interceptors, ErrorMapping()],
+                             options=[("grpc.max_metadata_size", METADATA_LIMIT),
+                                      ("grpc.absolute_max_metadata_size", METADATA_LIMIT)])
     status_checks: list[StatusCheck] = []
     close = await service.attach(server, settings, status_checks)
     health = health_aio.HealthServicer()

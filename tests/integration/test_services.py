@@ -293,11 +293,14 @@ def test_seeded_bills_are_served_in_full(bills):
 # --- Consul: registration, discovery, failover ---------------------------------------------------------------
 
 
-@pytest.mark.parametrize("service", ["customer-service", "inventory-service", "billing-service"])
-def test_each_service_is_in_consul_with_a_passing_grpc_check(mesh, service):
+@pytest.mark.parametrize("service, own_checks", [("customer-service", []), ("inventory-service", []),
+                                                 ("billing-service", [("outbox", "ttl")])])
+def test_each_service_is_in_consul_with_a_passing_grpc_check(mesh, service, own_checks):
     entries = httpx.get(f"{mesh.consul_url}/v1/health/service/{service}").json()
     checks = [check for entry in entries for check in entry["Checks"] if check["ServiceName"] == service]
-    assert checks and all(check["Status"] == "passing" and check["Type"] == "grpc" for check in checks)
+    assert [check["Type"] for check in checks if check["Name"] == f"Service '{service}' check"] == ["grpc"]
+    assert [(check["Name"], check["Type"]) for check in checks if check["Type"] != "grpc"] == own_checks
+    assert all(check["Status"] == "passing" for check in checks)
 
 
 def _passing(mesh, service: str) -> set[int]:
