@@ -30,27 +30,24 @@ def _has_control_characters(value: str) -> bool:
     return any(ord(character) < 32 or 127 <= ord(character) < 160 for character in value)
 
 
-def check_id(value: str, field: str) -> str:
-    """An id as clients send it: not empty, at most MAX_ID characters, no control characters."""
+def _bounded(value: str, field: str, limit: int) -> str:
     if not value:
         raise InvalidArgument(field, "must not be empty")
-    if len(value) > MAX_ID:
-        raise InvalidArgument(field, f"must be at most {MAX_ID} characters, got {len(value)}")
+    if len(value) > limit:
+        raise InvalidArgument(field, f"must be at most {limit} characters, got {len(value)}")
     if _has_control_characters(value):
         raise InvalidArgument(field, "must not contain control characters")
     return value
 
 
+def check_id(value: str, field: str) -> str:
+    """An id as clients send it: not empty, at most MAX_ID characters, no control characters."""
+    return _bounded(value, field, MAX_ID)
+
+
 def check_name(value: str, field: str) -> str:
     """A display name: not blank, at most MAX_NAME characters once trimmed, no control characters."""
-    name = value.strip()
-    if not name:
-        raise InvalidArgument(field, "must not be empty")
-    if len(name) > MAX_NAME:
-        raise InvalidArgument(field, f"must be at most {MAX_NAME} characters, got {len(name)}")
-    if _has_control_characters(name):
-        raise InvalidArgument(field, "must not contain control characters")
-    return name
+    return _bounded(value.strip(), field, MAX_NAME)
 
 
 def target_id(path_id: str, resource_id: str, field: str) -> str:

@@ -56,6 +56,18 @@ def tokens(mesh) -> Tokens:
 
 
 @pytest.fixture(scope="session")
+def rest(mesh, tokens):
+    """The REST API through the gateway, as mesh-admin."""
+    with httpx.Client(base_url=mesh.gateway_url, timeout=30, auth=Bearer(tokens)) as client:
+        yield client
+
+
+def email() -> str:
+    """An email address no other test uses."""
+    return f"{uuid.uuid4().hex[:12]}@example.com"
+
+
+@pytest.fixture(scope="session")
 def billing(mesh, tokens):
     """bill(quantity) makes a bill as the billing manager, for one customer and product made for the session."""
     admin = httpx.Client(base_url=mesh.gateway_url, timeout=30, auth=Bearer(tokens))

@@ -7,9 +7,7 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
-import uuid
 
 import httpx
 import pytest
@@ -17,19 +15,9 @@ import pytest
 from shopmesh.codegen import DESCRIPTOR_SET
 from shopmesh.stack import free_port
 from shopmesh.supervise import Supervisor
-from tests.auth import Bearer
-from tests.conftest import shopmesh, wait_for
+from tests.conftest import email, shopmesh, wait_for
 from tests.load import GetLoop
 
-
-@pytest.fixture(scope="module")
-def rest(mesh, tokens):
-    with httpx.Client(base_url=mesh.gateway_url, timeout=15, auth=Bearer(tokens)) as client:
-        yield client
-
-
-def _email() -> str:
-    return f"{uuid.uuid4().hex[:12]}@example.com"
 
 
 def _error(answer: httpx.Response, status: int, code: int) -> str:
@@ -41,7 +29,7 @@ def _error(answer: httpx.Response, status: int, code: int) -> str:
 
 
 def test_customers_crud_over_rest(rest):
-    created = rest.post("/v1/customers", json={"name": "Ada Lovelace", "email": _email()})
+    created = rest.post("/v1/customers", json={"name": "Ada Lovelace", "email": email()})
     assert created.status_code == 200, created.text
     customer = created.json()
     assert set(customer) == {"id", "name", "email"}
@@ -71,7 +59,7 @@ def test_products_crud_over_rest_with_exact_prices(rest):
 
 
 def test_bills_over_rest_in_full(rest):
-    customer = rest.post("/v1/customers", json={"name": "Grace Hopper", "email": _email()}).json()
+    customer = rest.post("/v1/customers", json={"name": "Grace Hopper", "email": email()}).json()
     cheap = rest.post("/v1/products", json={"name": "Pencil", "price": "0.10", "quantity": 10}).json()
     dear = rest.post("/v1/products", json={"name": "Pen", "price": "0.20", "quantity": 10}).json()
     answer = rest.post("/v1/bills", json={"customerId": customer["id"], "items": [
@@ -88,9 +76,9 @@ def test_bills_over_rest_in_full(rest):
 
 
 def test_gateway_maps_service_errors_to_http_statuses_with_json_bodies(rest):
-    assert _error(rest.post("/v1/customers", json={"name": "", "email": _email()}), 400, 3) \
+    assert _error(rest.post("/v1/customers", json={"name": "", "email": email()}), 400, 3) \
         .startswith("customer.name")
-    taken = rest.post("/v1/customers", json={"name": "First", "email": _email()}).json()
+    taken = rest.post("/v1/customers", json={"name": "First", "email": email()}).json()
     assert taken["email"] in _error(rest.post("/v1/customers", json={"name": "Twin", "email": taken["email"]}), 409, 6)
     assert "not found" in _error(rest.get("/v1/products/no-such-id"), 404, 5)
     scarce = rest.post("/v1/products", json={"name": "Rare", "price": "5.00", "quantity": 1}).json()
@@ -185,7 +173,7 @@ def instance(mesh, tmp_path):
 
 
 def _a_customer(rest) -> str:
-    return rest.post("/v1/customers", json={"name": "Loop", "email": _email()}).json()["id"]
+    return rest.post("/v1/customers", json={"name": "Loop", "email": email()}).json()["id"]
 
 
 def test_a_new_instance_takes_traffic_within_5_s_of_passing_without_restarting_envoy(mesh, rest, tokens, instance):

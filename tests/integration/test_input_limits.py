@@ -10,18 +10,10 @@ import httpx
 import pytest
 
 from tests.auth import Bearer
+from tests.conftest import email
 
 MEGABYTE = 1024 * 1024
 
-
-@pytest.fixture(scope="module")
-def rest(mesh, tokens):
-    with httpx.Client(base_url=mesh.gateway_url, timeout=30, auth=Bearer(tokens)) as client:
-        yield client
-
-
-def _email() -> str:
-    return f"{uuid.uuid4().hex[:12]}@example.com"
 
 
 def _refused(answer: httpx.Response, field: str, status: int = 400) -> str:
@@ -68,14 +60,14 @@ def test_emails_are_unique_whatever_their_case(rest):
     assert first.status_code == 200, first.text
     _refused(rest.post("/v1/customers", json={"name": "Lower", "email": f"mixed.{local}@example.com"}),
              "customer.email", 409)
-    other = rest.post("/v1/customers", json={"name": "Other", "email": _email()}).json()
+    other = rest.post("/v1/customers", json={"name": "Other", "email": email()}).json()
     _refused(rest.patch(f"/v1/customers/{other['id']}", json={"email": f"MIXED.{local}@EXAMPLE.COM"}),
              "customer.email", 409)
 
 
 def test_a_patch_whose_body_names_another_id_is_400_and_changes_nothing(rest):
-    target = rest.post("/v1/customers", json={"name": "Target", "email": _email()}).json()
-    other = rest.post("/v1/customers", json={"name": "Other", "email": _email()}).json()
+    target = rest.post("/v1/customers", json={"name": "Target", "email": email()}).json()
+    other = rest.post("/v1/customers", json={"name": "Other", "email": email()}).json()
     _refused(rest.patch(f"/v1/customers/{target['id']}", json={"id": other["id"], "name": "Renamed"}),
              "customer.id")
     assert rest.get(f"/v1/customers/{other['id']}").json()["name"] == "Other"
@@ -88,7 +80,7 @@ def test_a_patch_whose_body_names_another_id_is_400_and_changes_nothing(rest):
 
 
 def test_a_bill_whose_total_would_overflow_is_400_and_takes_no_stock(rest, tokens, mesh):
-    customer = rest.post("/v1/customers", json={"name": "Rich", "email": _email()}).json()
+    customer = rest.post("/v1/customers", json={"name": "Rich", "email": email()}).json()
     product = rest.post("/v1/products", json={"name": "Gold", "price": "99999999999.99",
                                               "quantity": 1_000_000}).json()
     with httpx.Client(base_url=mesh.gateway_url, timeout=30, auth=Bearer(tokens, "billing-manager")) as billing:
