@@ -33,6 +33,8 @@ KAFKA_VERSION = "4.1.1"
 KEYCLOAK_VERSION = "26.4.7"
 GRPCURL_VERSION = "1.9.3"
 OPENAPI_VERSION = "0.7.1"
+GHZ_VERSION = "0.120.0"  # Go module proxy: gRPC load of the benchmarks
+VEGETA_VERSION = "12.13.0"  # Go module proxy: HTTP load of the benchmarks, closed loop and constant rate
 DOCKERFILE_UTILS_VERSION = "0.16.3"  # npm: the Dockerfile linter of the tests
 
 
@@ -262,14 +264,15 @@ def _verify_keycloak(home: Path) -> str:
 # --- Go tools (grpcurl, protoc-gen-openapi): `go install` through the Go module proxy -------------------------
 
 
-def go_tool(name: str, package: str, version: str, version_flag: str | None) -> Component:
+def go_tool(name: str, package: str, version: str, version_flag: str | None,
+            version_variable: str = "main.version") -> Component:
     """A command built with `go install package@vversion`; its version flag must report the version (a protoc
-    plugin has none: it must answer an empty request)."""
+    plugin has none: it must answer an empty request). version_variable is where its main package keeps it."""
 
     def build(staging: Path) -> None:
         run_step(
             f"{name} {version}: building from source with {_go_version()}",
-            ["go", "install", "-trimpath", f"-ldflags=-s -w -X main.version=v{version}", f"{package}@v{version}"],
+            ["go", "install", "-trimpath", f"-ldflags=-s -w -X {version_variable}=v{version}", f"{package}@v{version}"],
             env={"CGO_ENABLED": "0", "GOBIN": str(staging / "bin"), "GOSUMDB": "off", "GOTOOLCHAIN": "local"},
         )
 
@@ -353,6 +356,11 @@ def ensure_tools(tools: dict[str, str] = DEBIAN_TOOLS) -> None:
 
 #: Tools of the test suite only, installed by the tests that use them.
 DOCKERFILE_LINTER = npm_tool("dockerfile-utils", "dockerfile-utils", DOCKERFILE_UTILS_VERSION)
+#: Tools of the benchmarks only, installed by bench/ when it first runs.
+BENCH_TOOLS = {
+    "ghz": go_tool("ghz", "github.com/bojand/ghz/cmd/ghz", GHZ_VERSION, "--version"),
+    "vegeta": go_tool("vegeta", "github.com/tsenart/vegeta/v12", VEGETA_VERSION, "-version", "main.Version"),
+}
 
 COMPONENTS = {
     "consul": Component("consul", CONSUL_VERSION, _build_consul, _verify_consul),

@@ -1,0 +1,148 @@
+"""The request path, measured with outside tools: ghz for native gRPC, vegeta for REST through Envoy.
+
+Run against a running mesh (`make up`):  .venv/bin/python -m bench.requests [--seconds 10] [--connections 16]
+[--rate 500] [--paths GetCustomer,ListCustomers,GetBill,CreateBill]
+
+For each path it prints, through Envoy (REST/JSON, JWT, RBAC, transcoding) and straight to the service (native
+gRPC, the service's own token check): a closed loop of N connections, and an open loop at a constant rate; each
+with requests/s, p50, p99, the errors, and the throughput or p99 relative to the direct gRPC call. ghz and vegeta
+are built from the Go module proxy into the per-user cache on first use. Every request carries mesh-admin's
+token, fetched once: a run must end within its 300 s lifespan.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import subprocess
+import tempfile
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from shopmesh import codegen, install, realm
+from shopmesh.settings import Settings, load
+
+
+@dataclass(frozen=True)
+class Operation:
+    """One operation, as REST through the gateway and as the gRPC call straight to its service."""
+
+    name: str
+    method: str
+    url: str
+    body: dict | None
+    rpc: str
+    port: int
+    message: dict
+
+
+@dataclass(frozen=True)
+class Figures:
+    rate: float
+    p50_ms: float
+    p99_ms: float
+    errors: int
+    requests: int
+
+
+def _data(settings: Settings, token: str) -> tuple[str, str, str]:
+    """A customer, a product with stock for every CreateBill of the run, and a bill of theirs."""
+    with httpx.Client(base_url=settings.gateway_url, headers={"authorization": f"Bearer {token}"}, timeout=30) as api:
+        customer = api.post("/v1/customers", json={"name": "Bench Customer",
+                                                   "email": f"bench-{uuid.uuid4().hex[:10]}@example.com"}).json()
+        product = api.post("/v1/products", json={"name": "Bench item", "price": "12.34",
+                                                 "quantity": 2_000_000_000}).json()
+        bill = api.post("/v1/bills", json={"customerId": customer["id"],
+                                           "items": [{"productId": product["id"], "quantity": 1}]}).json()
+    return customer["id"], product["id"], bill["id"]
+
+
+def paths(settings: Settings, customer_id: str, product_id: str, bill_id: str) -> list[Operation]:
+    gateway = settings.gateway_url
+    bill = {"customerId": customer_id, "items": [{"productId": product_id, "quantity": 1}]}
+    return [
+        Operation("GetCustomer", "GET", f"{gateway}/v1/customers/{customer_id}", None,
+              "shopmesh.customer.v1.CustomerService/GetCustomer", settings.customer_service_port, {"id": customer_id}),
+        Operation("ListCustomers (50)", "GET", f"{gateway}/v1/customers?pageSize=50", None,
+              "shopmesh.customer.v1.CustomerService/ListCustomers", settings.customer_service_port, {"page_size": 50}),
+        Operation("GetBill", "GET", f"{gateway}/v1/bills/{bill_id}", None,
+              "shopmesh.billing.v1.BillingService/GetBill", settings.billing_service_port, {"id": bill_id}),
+        Operation("CreateBill", "POST", f"{gateway}/v1/bills", bill,
+              "shopmesh.billing.v1.BillingService/CreateBill", settings.billing_service_port,
+              {"customer_id": customer_id, "items": [{"product_id": product_id, "quantity": 1}]}),
+    ]
+
+
+def vegeta(binary: Path, path: Operation, token: str, seconds: int, connections: int, rate: int | None) -> Figures:
+    """REST through the gateway: rate None is a closed loop of `connections` workers."""
+    with tempfile.TemporaryDirectory() as scratch:
+        target = {"method": path.method, "url": path.url,
+                  "header": {"authorization": [f"Bearer {token}"], "content-type": ["application/json"]}}
+        if path.body is not None:
+            target["body"] = base64.b64encode(json.dumps(path.body).encode()).decode()
+        targets = Path(scratch) / "targets.json"
+        targets.write_text(json.dumps(target) + "\n")  # one target a line
+        pace = ["-rate=0", f"-max-workers={connections}"] if rate is None else [f"-rate={rate}/s"]
+        attack = subprocess.run([str(binary), "attack", "-format=json", f"-targets={targets}", f"-duration={seconds}s",
+                                 f"-workers={connections}", "-keepalive=true", *pace],
+                                capture_output=True, check=True)
+        report = json.loads(subprocess.run([str(binary), "report", "-type=json"], input=attack.stdout,
+                                           capture_output=True, check=True).stdout)
+    ok = report["status_codes"].get("200", 0)
+    return Figures(report["throughput"], report["latencies"]["50th"] / 1e6, report["latencies"]["99th"] / 1e6,
+                   report["requests"] - ok, report["requests"])
+
+
+def ghz(binary: Path, path: Operation, settings: Settings, token: str, seconds: int, connections: int,
+        rate: int | None) -> Figures:
+    """Native gRPC straight to the service: rate None is a closed loop of `connections` workers."""
+    pace = [] if rate is None else [f"--rps={rate}"]
+    done = subprocess.run([str(binary), "--insecure", f"--protoset={codegen.DESCRIPTOR_SET}", f"--call={path.rpc}",
+                           f"--data={json.dumps(path.message)}",
+                           f"--metadata={json.dumps({'authorization': f'Bearer {token}'})}",
+                           f"--concurrency={connections}", f"--connections={connections}", f"--duration={seconds}s",
+                           "--format=json", *pace, f"{settings.host}:{path.port}"],
+                          capture_output=True, check=True)
+    report = json.loads(done.stdout)
+    latency = {entry["percentage"]: entry["latency"] / 1e6 for entry in report.get("latencyDistribution") or []}
+    # ghz closes its connections when the duration ends, failing the calls still in flight: not the server's errors.
+    errors = sum(count for message, count in (report.get("errorDistribution") or {}).items()
+                 if "use of closed network connection" not in message)
+    return Figures(report["rps"], latency.get(50, 0.0), latency.get(99, 0.0), errors, report["count"])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument("--rate", type=int, default=500, help="requests/s of the constant-rate runs")
+    parser.add_argument("--paths", default="", help="comma-separated names, e.g. GetCustomer,CreateBill")
+    args = parser.parse_args()
+    settings = load()
+    tools = {name: install.ensure(tool, settings.cache_dir) / "bin" / name for name, tool in install.BENCH_TOOLS.items()}
+    token = realm.token(settings, "mesh-admin")["access_token"]
+    chosen = [name.strip() for name in args.paths.split(",") if name.strip()]
+    measured = [path for path in paths(settings, *_data(settings, token))
+                if not chosen or path.name.split(" ")[0] in chosen]
+
+    print(f"{'path':<20} {'route':<16} {'load':<18} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7} "
+          f"{'vs gRPC':>8}")
+    for path in measured:
+        for rate in (None, args.rate):
+            load_name = f"{args.connections} connections" if rate is None else f"{rate}/s constant"
+            direct = ghz(tools["ghz"], path, settings, token, args.seconds, args.connections, rate)
+            gateway = vegeta(tools["vegeta"], path, token, args.seconds, args.connections, rate)
+            for route, figures in (("REST via Envoy", gateway), ("gRPC direct", direct)):
+                # Closed loop: throughput relative to the direct call; constant rate: p99 relative to it.
+                ratio = (figures.rate / direct.rate if rate is None else figures.p99_ms / direct.p99_ms) \
+                    if direct.rate and direct.p99_ms else 0.0
+                print(f"{path.name:<20} {route:<16} {load_name:<18} {figures.rate:>8.0f} {figures.p50_ms:>8.1f} "
+                      f"{figures.p99_ms:>8.1f} {figures.errors:>7} {ratio:>7.2f}x", flush=True)
+
+
+if __name__ == "__main__":
+    main()
