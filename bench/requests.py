@@ -123,7 +123,8 @@ def main() -> None:
     parser.add_argument("--paths", default="", help="comma-separated names, e.g. GetCustomer,CreateBill")
     args = parser.parse_args()
     settings = load()
-    tools = {name: install.ensure(tool, settings.cache_dir) / "bin" / name for name, tool in install.BENCH_TOOLS.items()}
+    tools = {name: install.ensure(tool, settings.cache_dir) / "bin" / name
+             for name, tool in install.BENCH_TOOLS.items()}
     token = realm.token(settings, "mesh-admin")["access_token"]
     chosen = [name.strip() for name in args.paths.split(",") if name.strip()]
     measured = [path for path in paths(settings, *_data(settings, token))

@@ -1,10 +1,11 @@
 """The windows' sense of time: tumbling windows whose event clock is never forgotten, and an event clock that
 keeps a watermark per input partition.
 
-KeptTumblingWindower: Bytewax drops a key's window state, its event clock included, once no window is open. Our windows have one key,
-so after a quiet spell the next invoice would start a fresh clock, and an invoice for a window already closed
-and published would open it again and publish a second, partial total for it. Keeping the state, however
-empty, keeps the watermark: such an invoice is late, as it should be. It costs one small state for one key.
+KeptTumblingWindower: Bytewax drops a key's window state, its event clock included, once no window is open. Our
+windows have one key, so after a quiet spell the next invoice would start a fresh clock, and an invoice for a
+window already closed and published would open it again and publish a second, partial total for it. Keeping the
+state, however empty, keeps the watermark: such an invoice is late, as it should be. It costs one small state
+for one key.
 
 PartitionedEventClock: see its docstring."""
 

@@ -63,7 +63,9 @@ def _up(settings: Settings) -> list[stack.Program]:
     for program in programs:
         typer.echo(f"  {program.name:<{NAME_WIDTH}} {program.url}")
     typer.echo(f"  {'logs':<{NAME_WIDTH}} {settings.log_dir}/<part>.log   (shopmesh logs PART)")
-    typer.echo(f"Try: curl -s {settings.gateway_url}/v1/products")
+    # Everything behind the gateway wants a token: the first curl fetches one of the development users.
+    token = f"$({Path(sys.executable).parent / 'shopmesh'} token --user user1)"
+    typer.echo(f'Try: curl -s -H "authorization: Bearer {token}" {settings.gateway_url}/v1/products')
     return programs
 
 

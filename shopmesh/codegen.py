@@ -136,7 +136,8 @@ def render_openapi(plugin: Path) -> str:
         _protoc(f"--plugin=protoc-gen-openapi={plugin}", f"--openapi_out={out}",
                 f"--openapi_opt=title=shopmesh REST API,version=v1,default_response=false,{go_packages}")
         generated = yaml.safe_load((Path(out) / "openapi.yaml").read_text())
-    header = ("# Generated from protos/ with gnostic's protoc-gen-openapi and shopmesh/codegen.py (the error answers):\n"
+    header = ("# Generated from protos/ with gnostic's protoc-gen-openapi and shopmesh/codegen.py "
+              "(the error answers):\n"
               "# `shopmesh install` writes it; do not edit it by hand.\n")
     return header + yaml.safe_dump(add_error_answers(generated), sort_keys=False, width=120, allow_unicode=True)
 

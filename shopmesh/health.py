@@ -96,6 +96,7 @@ def consul_passing(settings: Settings, service_id: str) -> str | None:
         return f"Consul not answering: {error}"
     if not checks:
         return f"Consul has no check of {service_id} yet"
-    failing = [f"{check['Name']} is {check['Status']}" + (f" ({check['Output'].strip()[:160]})" if check["Output"] else "")
+    failing = [f"{check['Name']} is {check['Status']}"
+               + (f" ({check['Output'].strip()[:160]})" if check["Output"] else "")
                for check in checks.values() if check["Status"] != "passing"]
     return f"Consul check of {service_id}: {'; '.join(failing)}" if failing else None

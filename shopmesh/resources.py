@@ -83,7 +83,8 @@ def product_lines(lines, field: str) -> list[tuple[str, int]]:
     for index, line in enumerate(lines):
         check_id(line.product_id, f"{field}[{index}].product_id")
         if not 1 <= line.quantity <= MAX_QUANTITY:
-            raise InvalidArgument(f"{field}[{index}].quantity", f"must be from 1 to {MAX_QUANTITY}, got {line.quantity}")
+            raise InvalidArgument(f"{field}[{index}].quantity",
+                                  f"must be from 1 to {MAX_QUANTITY}, got {line.quantity}")
         if line.product_id in seen:
             raise InvalidArgument(f"{field}[{index}].product_id", f"repeats {field}[{seen[line.product_id]}]")
         seen[line.product_id] = index

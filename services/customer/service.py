@@ -49,7 +49,8 @@ def _get(session: Session, customer_id: str, field: str = "id") -> CustomerRow:
 
 def _flush_unique_email(session: Session, row: CustomerRow) -> None:
     taken = AlreadyExists(f"customer.email: {shown(row.email)} already belongs to another customer")
-    same = select(CustomerRow.id).where(func.lower(CustomerRow.email) == func.lower(row.email), CustomerRow.id != row.id)
+    same = select(CustomerRow.id).where(func.lower(CustomerRow.email) == func.lower(row.email),
+                                        CustomerRow.id != row.id)
     with session.no_autoflush:  # the query must not flush the row it checks, which would hit the index first
         if session.scalar(same.limit(1)) is not None:
             raise taken

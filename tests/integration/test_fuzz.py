@@ -25,6 +25,7 @@ def test_the_description_covers_all_13_operations():
 
 @schema.parametrize()
 @settings(max_examples=EXAMPLES, deadline=None, derandomize=True,
-          suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much, HealthCheck.function_scoped_fixture])
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much,
+                                 HealthCheck.function_scoped_fixture])
 def test_no_generated_request_gets_a_5xx_or_an_undocumented_answer(case, mesh, tokens):
     case.call_and_validate(base_url=mesh.gateway_url, headers=tokens.header("mesh-admin"), checks=CHECKS)
