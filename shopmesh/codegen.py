@@ -43,7 +43,9 @@ def _include_paths() -> list[str]:
 
 def generate(out: Path = GENERATED) -> Path:
     """Write *_pb2.py, *_pb2.pyi, *_pb2_grpc.py and the descriptor set into out, replacing what was there."""
-    staging = Path(tempfile.mkdtemp(prefix="generated-", dir=out.parent if out.parent.exists() else None))
+    # Staged beside out, never in $TMPDIR: the rename into place must not cross file systems (a /tmp on tmpfs).
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix="generated-", dir=out.parent))
     try:
         _protoc(f"--python_out={staging}", f"--pyi_out={staging}", f"--grpc_python_out={staging}",
                 f"--descriptor_set_out={staging / DESCRIPTOR_SET.name}", "--include_imports", "--include_source_info")
