@@ -54,7 +54,6 @@ def generate(out: Path = GENERATED) -> Path:
                 (package / "__init__.py").touch()
         if out.exists():
             shutil.rmtree(out)
-        out.parent.mkdir(parents=True, exist_ok=True)
         staging.rename(out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
