@@ -75,10 +75,11 @@ class Registration:
         finally:
             await client.close()
         log.info("registered %s in Consul as %s (%s)", self.service, self.service_id, address)
-        self._reporters = [asyncio.create_task(self._report(status), name=f"report {status.name}")
+        self._reporters = [asyncio.create_task(self._report(self._check_id(status), status), name=status.name)
                            for status in self.status_checks]
 
-    async def _report(self, status: StatusCheck) -> None:
+    async def _report(self, check_id: str, status: StatusCheck) -> None:
+        """Report the status check to Consul every status.every seconds until cancelled."""
         client = _client(self.settings)
         last = None
         try:
@@ -86,7 +87,7 @@ class Registration:
                 try:
                     verdict, notes = await status.evaluate()
                     update = client.agent.check.ttl_warn if verdict == "warning" else client.agent.check.ttl_pass
-                    await update(self._check_id(status), notes=notes)
+                    await update(check_id, notes=notes)
                     if verdict != last:
                         (log.warning if verdict == "warning" else log.info)("%s: %s (%s)", status.name, verdict, notes)
                     last = verdict
@@ -97,17 +98,11 @@ class Registration:
             await client.close()
 
     async def keep_passing(self, every: float) -> None:
-        """Pass the TTL check every `every` seconds until cancelled."""
-        client = _client(self.settings)
-        try:
-            while True:
-                try:
-                    await client.agent.check.ttl_pass(f"service:{self.service_id}")
-                except Exception as error:  # noqa: BLE001 - Consul away for a moment: the next beat retries
-                    log.warning("could not pass the TTL check of %s: %s", self.service_id, error)
-                await asyncio.sleep(every)
-        finally:
-            await client.close()
+        """Pass the instance's own TTL check every `every` seconds until cancelled."""
+        async def alive() -> tuple[str, str]:
+            return "passing", ""
+
+        await self._report(f"service:{self.service_id}", StatusCheck(self.service_id, alive, every))
 
     async def deregister(self) -> None:
         for reporter in self._reporters:

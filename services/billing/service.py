@@ -21,11 +21,11 @@ from shopmesh.billing.v1 import billing_service_pb2 as pb
 from shopmesh.billing.v1 import billing_service_pb2_grpc as pb_grpc
 from shopmesh.customer.v1.customer_service_pb2 import Customer
 from shopmesh.db import Database
+from shopmesh.discovery import StatusCheck
 from shopmesh.errors import InvalidArgument, NotFound, shown
 from shopmesh.inventory.v1.inventory_service_pb2 import Product
 from shopmesh.money import MAX_CENTS, format_cents, parse_cents
 from shopmesh.resources import check_id, new_id, page, product_lines
-from shopmesh.discovery import StatusCheck
 from shopmesh.server import Service
 from shopmesh.settings import Settings
 

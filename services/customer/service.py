@@ -11,9 +11,9 @@ from services.customer.seed import CUSTOMERS
 from shopmesh.customer.v1 import customer_service_pb2 as pb
 from shopmesh.customer.v1 import customer_service_pb2_grpc as pb_grpc
 from shopmesh.db import Database
+from shopmesh.discovery import StatusCheck
 from shopmesh.errors import AlreadyExists, InvalidArgument, NotFound, shown
 from shopmesh.resources import check_id, check_name, fields_to_update, new_id, page, target_id
-from shopmesh.discovery import StatusCheck
 from shopmesh.server import Service
 from shopmesh.settings import Settings
 
@@ -40,8 +40,8 @@ def clean_email(email: str) -> str:
         raise InvalidArgument("customer.email", f"{shown(email)} is not a valid email address: {error}") from None
 
 
-def _get(session: Session, customer_id: str, field: str = "id") -> CustomerRow:
-    row = session.get(CustomerRow, check_id(customer_id, field))
+def _get(session: Session, customer_id: str) -> CustomerRow:
+    row = session.get(CustomerRow, check_id(customer_id, "id"))
     if row is None:
         raise NotFound(f"customer {shown(customer_id)} not found")
     return row

@@ -9,12 +9,12 @@ from sqlalchemy.orm import Session
 from services.inventory.models import Base, ProductRow, ReservationLineRow, ReservationRow
 from services.inventory.seed import PRODUCTS
 from shopmesh.db import Database
+from shopmesh.discovery import StatusCheck
 from shopmesh.errors import FailedPrecondition, InvalidArgument, NotFound, shown
 from shopmesh.inventory.v1 import inventory_service_pb2 as pb
 from shopmesh.inventory.v1 import inventory_service_pb2_grpc as pb_grpc
 from shopmesh.money import format_cents, parse_cents
 from shopmesh.resources import check_id, check_name, fields_to_update, new_id, page, product_lines, target_id
-from shopmesh.discovery import StatusCheck
 from shopmesh.server import Service
 from shopmesh.settings import Settings
 
