@@ -1,4 +1,9 @@
-"""One database per service through SQLAlchemy 2.0: SQLite under var/ by default, any URL by setting."""
+"""One database per service through SQLAlchemy 2.0: SQLite under var/ by default, any URL by setting.
+
+Writes run as ORM sessions in a worker thread. Reads run as SQLAlchemy Core statements on a connection of
+their own: on SQLite (a local file in WAL mode, where a reader never waits for a writer) right on the event
+loop, which saves the thread hop and the ORM's unit of work, most of a primary-key read's cost; on a server
+database in a worker thread, as the network round trip must not block the loop."""
 
 from __future__ import annotations
 
@@ -9,7 +14,7 @@ from typing import TypeVar
 
 import logging
 
-from sqlalchemy import Engine, Index, MetaData, create_engine, event
+from sqlalchemy import Connection, Engine, Index, MetaData, create_engine, event
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.schema import CreateIndex
@@ -18,10 +23,20 @@ T = TypeVar("T")
 log = logging.getLogger(__name__)
 
 
-def make_engine(url: str) -> Engine:
-    if url.startswith("sqlite:///"):
+#: How long a read on the event loop waits for a lock on SQLite before it fails (WAL readers take none, short
+#: of recovering the file after a crash).
+READ_BUSY_SECONDS = 1.0
+
+
+def is_sqlite(url: str) -> bool:
+    return url.startswith("sqlite:///")
+
+
+def make_engine(url: str, read_only: bool = False) -> Engine:
+    if is_sqlite(url):
         Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, connect_args={"timeout": 30})
+        engine = create_engine(url, connect_args={"timeout": READ_BUSY_SECONDS if read_only else 30,
+                                                  "check_same_thread": False})
 
         @event.listens_for(engine, "connect")
         def _pragmas(connection, _record) -> None:
@@ -29,6 +44,8 @@ def make_engine(url: str) -> Engine:
             cursor = connection.cursor()
             cursor.execute("PRAGMA journal_mode=WAL")
             cursor.execute("PRAGMA foreign_keys=ON")
+            if read_only:
+                cursor.execute("PRAGMA query_only=ON")
             cursor.close()
 
         return engine
@@ -50,6 +67,8 @@ class Database:
                 log.error("cannot create the index %s: the stored rows break it (%s); fix them and restart",
                           index.name, error.orig)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self._inline_reads = is_sqlite(url)
+        self._reader = make_engine(url, read_only=True) if self._inline_reads else self.engine
 
     def session(self) -> Session:
         return self._sessions()
@@ -62,6 +81,16 @@ class Database:
                 return work(session)
 
         return await asyncio.to_thread(transaction)
+
+    async def read(self, work: Callable[[Connection], T]) -> T:
+        """Run work's Core statements on a connection of its own: on the event loop for SQLite, in a worker
+        thread for a server database. It sees committed data only and must not write."""
+
+        def reading() -> T:
+            with self._reader.connect() as connection:
+                return work(connection)
+
+        return reading() if self._inline_reads else await asyncio.to_thread(reading)
 
     async def seed(self, work: Callable[[Session], None]) -> None:
         """Run a seeding transaction; another instance seeding at the same moment is not an error."""

@@ -7,8 +7,7 @@ from collections.abc import Sequence
 
 from google.protobuf.field_mask_pb2 import FieldMask
 from google.protobuf.message import Message
-from sqlalchemy import Select
-from sqlalchemy.orm import InstrumentedAttribute, Session
+from sqlalchemy import ColumnElement, Connection, Row, Select
 
 from shopmesh import paging
 from shopmesh.errors import InvalidArgument, shown
@@ -91,14 +90,14 @@ def product_lines(lines, field: str) -> list[tuple[str, int]]:
     return [(line.product_id, line.quantity) for line in lines]
 
 
-def page(session: Session, query: Select, key: InstrumentedAttribute, page_size: int, page_token: str,
-         descending: bool = False, key_type: type = str) -> tuple[list, str]:
-    """One page of query ordered by key, and the token of the next page ('' on the last)."""
+def page(connection: Connection, query: Select, key: ColumnElement, page_size: int, page_token: str,
+         descending: bool = False, key_type: type = str) -> tuple[list[Row], str]:
+    """One page of query's rows ordered by key, and the token of the next page ('' on the last)."""
     size = paging.page_size(page_size)
     after = paging.decode_token(page_token, key_type)
     if after is not None:
         query = query.where(key < after if descending else key > after)
-    rows = list(session.scalars(query.order_by(key.desc() if descending else key).limit(size + 1)))
+    rows = connection.execute(query.order_by(key.desc() if descending else key).limit(size + 1)).all()
     if len(rows) <= size:
         return rows, ""
     rows = rows[:size]

@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
-from sqlalchemy import func, select
+from sqlalchemy import Connection, func, select
 from sqlalchemy.orm import Session
 
 from services.billing.models import Base, BillItemRow, BillRow, OutboxRow
@@ -32,7 +32,12 @@ from shopmesh.settings import Settings
 log = logging.getLogger(__name__)
 
 
-def to_message(row: BillRow) -> pb.Bill:
+BILLS = BillRow.__table__
+ITEMS = BillItemRow.__table__
+
+
+def to_message(row, items) -> pb.Bill:
+    """A bill from its row and its item rows (ORM objects or Core rows: the same attribute names)."""
     billing_date = Timestamp()
     billing_date.FromDatetime(row.billing_date.replace(tzinfo=UTC))
     return pb.Bill(
@@ -48,10 +53,20 @@ def to_message(row: BillRow) -> pb.Bill:
                 unit_price=format_cents(item.unit_price_cents),
                 amount=format_cents(item.amount_cents),
             )
-            for item in row.items
+            for item in items
         ],
         total=format_cents(row.total_cents),
     )
+
+
+def read_bills(connection: Connection, rows) -> list[pb.Bill]:
+    """The bills of Core bill rows, their items read in one query."""
+    items: dict[int, list] = {row.seq: [] for row in rows}
+    if items:
+        query = select(ITEMS).where(ITEMS.c.bill_seq.in_(list(items))).order_by(ITEMS.c.bill_seq, ITEMS.c.position)
+        for item in connection.execute(query):
+            items[item.bill_seq].append(item)
+    return [to_message(row, items[row.seq]) for row in rows]
 
 
 def bill_lines(request: pb.CreateBillRequest) -> list[tuple[str, int]]:
@@ -87,27 +102,27 @@ class BillingService(pb_grpc.BillingServiceServicer):
         self.reservations = reservations
 
     async def ListBills(self, request: pb.ListBillsRequest, context) -> pb.ListBillsResponse:
-        def work(session: Session) -> pb.ListBillsResponse:
-            query = select(BillRow)
-            if request.customer_id:
-                check_id(request.customer_id, "customer_id")
-                query = query.where(BillRow.customer_id == request.customer_id)
-            rows, token = page(session, query, BillRow.seq, request.page_size, request.page_token,
-                               descending=True, key_type=int)
-            return pb.ListBillsResponse(bills=map(to_message, rows), next_page_token=token)
+        query = select(BILLS)
+        if request.customer_id:
+            query = query.where(BILLS.c.customer_id == check_id(request.customer_id, "customer_id"))
 
-        return await self.db.run(work)
+        def work(connection: Connection) -> pb.ListBillsResponse:
+            rows, token = page(connection, query, BILLS.c.seq, request.page_size, request.page_token,
+                               descending=True, key_type=int)
+            return pb.ListBillsResponse(bills=read_bills(connection, rows), next_page_token=token)
+
+        return await self.db.read(work)
 
     async def GetBill(self, request: pb.GetBillRequest, context) -> pb.Bill:
-        check_id(request.id, "id")
+        bill_id = check_id(request.id, "id")
 
-        def work(session: Session) -> pb.Bill:
-            row = session.scalar(select(BillRow).where(BillRow.id == request.id))
-            if row is None:
-                raise NotFound(f"bill {shown(request.id)} not found")
-            return to_message(row)
+        def work(connection: Connection) -> list[pb.Bill]:
+            return read_bills(connection, connection.execute(select(BILLS).where(BILLS.c.id == bill_id)).all())
 
-        return await self.db.run(work)
+        bills = await self.db.read(work)
+        if not bills:
+            raise NotFound(f"bill {shown(bill_id)} not found")
+        return bills[0]
 
     async def CreateBill(self, request: pb.CreateBillRequest, context) -> pb.Bill:
         lines = bill_lines(request)
@@ -133,7 +148,7 @@ class BillingService(pb_grpc.BillingServiceServicer):
                 session.add(OutboxRow(invoice_id=bill_id, key=event.key(), value=event.value(),
                                       created_at=row.billing_date))
                 session.flush()
-                return to_message(row)
+                return to_message(row, row.items)
 
             bill = await self.db.run(store)
         except BaseException:

@@ -3,7 +3,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 import grpc
-from sqlalchemy import func, select, update
+from sqlalchemy import Connection, func, select, update
 from sqlalchemy.orm import Session
 
 from services.inventory.models import Base, ProductRow, ReservationLineRow, ReservationRow
@@ -21,7 +21,11 @@ from shopmesh.settings import Settings
 UPDATABLE = ("name", "price", "quantity")
 
 
-def to_message(row: ProductRow) -> pb.Product:
+#: What a read selects: the table's columns as Core rows, no ORM objects.
+TABLE = ProductRow.__table__
+
+
+def to_message(row) -> pb.Product:
     return pb.Product(id=row.id, name=row.name, price=format_cents(row.price_cents), quantity=row.quantity)
 
 
@@ -63,14 +67,19 @@ class InventoryService(pb_grpc.InventoryServiceServicer):
         self.db = db
 
     async def ListProducts(self, request: pb.ListProductsRequest, context) -> pb.ListProductsResponse:
-        def work(session: Session) -> pb.ListProductsResponse:
-            rows, token = page(session, select(ProductRow), ProductRow.id, request.page_size, request.page_token)
+        def work(connection: Connection) -> pb.ListProductsResponse:
+            rows, token = page(connection, select(TABLE), TABLE.c.id, request.page_size, request.page_token)
             return pb.ListProductsResponse(products=map(to_message, rows), next_page_token=token)
 
-        return await self.db.run(work)
+        return await self.db.read(work)
 
     async def GetProduct(self, request: pb.GetProductRequest, context) -> pb.Product:
-        return await self.db.run(lambda session: to_message(_get(session, request.id)))
+        product_id = check_id(request.id, "id")
+        row = await self.db.read(lambda connection: connection.execute(
+            select(TABLE).where(TABLE.c.id == product_id)).first())
+        if row is None:
+            raise NotFound(f"id: product {shown(product_id)} not found")
+        return to_message(row)
 
     async def CreateProduct(self, request: pb.CreateProductRequest, context) -> pb.Product:
         values = clean(request.product, UPDATABLE)
