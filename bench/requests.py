@@ -22,9 +22,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import psutil
 
 from shopmesh import codegen, install, realm
 from shopmesh.settings import Settings, load
+from shopmesh.supervise import Supervisor
 
 
 @dataclass(frozen=True)
@@ -47,6 +49,46 @@ class Figures:
     p99_ms: float
     errors: int
     requests: int
+
+
+class CpuMeter:
+    """CPU seconds each part of the mesh (and the load tool's own children) spent between start() and stop():
+    where a request's time goes."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._before: dict[str, float] = {}
+
+    def _processes(self) -> dict[str, list[psutil.Process]]:
+        parts: dict[str, list[psutil.Process]] = {}
+        for name, info in Supervisor(self.settings).info().items():
+            if info.get("pid"):
+                try:
+                    process = psutil.Process(info["pid"])
+                    # Several instances of a service are counted as the service.
+                    part = name.rsplit("-", 1)[0] if name.rsplit("-", 1)[-1].isdigit() else name
+                    parts.setdefault(part, []).extend([process, *process.children(recursive=True)])
+                except psutil.NoSuchProcess:
+                    continue
+        return parts
+
+    def _cpu(self) -> dict[str, float]:
+        totals: dict[str, float] = {}
+        for part, processes in self._processes().items():
+            for process in processes:
+                try:
+                    times = process.cpu_times()
+                    totals[part] = totals.get(part, 0.0) + times.user + times.system
+                except psutil.NoSuchProcess:
+                    continue
+        return totals
+
+    def start(self) -> None:
+        self._before = self._cpu()
+
+    def stop(self) -> dict[str, float]:
+        after = self._cpu()
+        return {part: after[part] - self._before.get(part, after[part]) for part in after}
 
 
 def _data(settings: Settings, token: str) -> tuple[str, str, str]:
@@ -126,6 +168,8 @@ def main() -> None:
     tools = {name: install.ensure(tool, settings.cache_dir) / "bin" / name
              for name, tool in install.BENCH_TOOLS.items()}
     token = realm.token(settings, "mesh-admin")["access_token"]
+    meter = CpuMeter(settings)
+    costs: list[tuple[str, int, dict[str, float]]] = []
     chosen = [name.strip() for name in args.paths.split(",") if name.strip()]
     measured = [path for path in paths(settings, *_data(settings, token))
                 if not chosen or path.name.split(" ")[0] in chosen]
@@ -136,13 +180,29 @@ def main() -> None:
         for rate in (None, args.rate):
             load_name = f"{args.connections} connections" if rate is None else f"{rate}/s constant"
             direct = ghz(tools["ghz"], path, settings, token, args.seconds, args.connections, rate)
+            meter.start()
             gateway = vegeta(tools["vegeta"], path, token, args.seconds, args.connections, rate)
+            if rate is None:
+                costs.append((path.name, gateway.requests, meter.stop()))
             for route, figures in (("REST via Envoy", gateway), ("gRPC direct", direct)):
                 # Closed loop: throughput relative to the direct call; constant rate: p99 relative to it.
                 ratio = (figures.rate / direct.rate if rate is None else figures.p99_ms / direct.p99_ms) \
                     if direct.rate and direct.p99_ms else 0.0
                 print(f"{path.name:<20} {route:<16} {load_name:<18} {figures.rate:>8.0f} {figures.p50_ms:>8.1f} "
                       f"{figures.p99_ms:>8.1f} {figures.errors:>7} {ratio:>7.2f}x", flush=True)
+    _print_costs(costs)
+
+
+def _print_costs(costs: list[tuple[str, int, dict[str, float]]]) -> None:
+    """CPU milliseconds per request of each part, over the closed-loop runs through Envoy."""
+    parts = sorted({part for _, _, cpu in costs for part, seconds in cpu.items() if seconds > 0.05})
+    if not parts:
+        return
+    print(f"\nCPU ms per request through Envoy (closed loop; the load tool not counted)")
+    print(f"{'path':<20} " + " ".join(f"{part.removesuffix('-service')[:12]:>12}" for part in parts) + f" {'total':>8}")
+    for name, requests, cpu in costs:
+        cells = [1000 * cpu.get(part, 0.0) / max(requests, 1) for part in parts]
+        print(f"{name:<20} " + " ".join(f"{cell:>12.2f}" for cell in cells) + f" {sum(cells):>8.2f}")
 
 
 if __name__ == "__main__":

@@ -147,7 +147,8 @@ def scale(
     if not Supervisor(settings).running():
         fail(stack.StackError("shopmesh is not running: start it with `make up` first"))
     try:
-        ports = stack.set_instances(settings, service.removesuffix("-service"), instances)
+        ports = stack.plan_instances(settings, {service.removesuffix("-service"): instances})[
+            service.removesuffix("-service")]
     except stack.StackError as error:
         fail(error)
     _up(settings)

@@ -55,6 +55,13 @@ class Settings(BaseSettings):
     instance_port: int | None = Field(
         None, description="Port of this service process, overriding its service's port; 0 takes a free port."
     )
+    service_processes: int = Field(
+        default_factory=lambda: min(os.cpu_count() or 1, 4), ge=1, le=16,
+        description="Processes of each gRPC service, each an instance in Consul that Envoy balances over; by "
+                    "default one per CPU core, at most 4. `shopmesh scale` sets one service's count.")
+    envoy_workers: int = Field(
+        default_factory=lambda: max(1, (os.cpu_count() or 1) // 2), ge=1, le=64,
+        description="Envoy's worker threads; by default half the CPU cores, as the services need the rest.")
     customer_database_url: str | None = Field(None, description="SQLAlchemy URL; default sqlite under var/.")
     inventory_database_url: str | None = None
     billing_database_url: str | None = None

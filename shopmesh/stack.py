@@ -92,27 +92,50 @@ def _scale_file(settings: Settings) -> Path:
     return settings.run_dir / "instances.json"
 
 
-def instance_ports(settings: Settings, service: str) -> list[int]:
-    """The ports of the service's instances: the contract's for the first, those chosen by `scale` after it."""
-    extra = json.loads(_scale_file(settings).read_text()) if _scale_file(settings).exists() else {}
-    return [settings.listen_port(f"{service}_service_port"), *extra.get(service, [])]
-
-
-def set_instances(settings: Settings, service: str, count: int) -> list[int]:
-    """Record how many instances the service should run, choosing free ports for the new ones."""
-    if service not in SERVICES:
-        raise StackError(f"unknown service {service!r}: one of {', '.join(SERVICES)}")
-    if count < 1:
-        raise StackError(f"a service runs at least one instance, not {count}")
+def _scale_state(settings: Settings) -> dict:
+    """{"ports": {service: [ports of its instances after the first]}, "scaled": {service: count set by scale}}."""
     path = _scale_file(settings)
-    extra = json.loads(path.read_text()) if path.exists() else {}
-    ports = extra.get(service, [])[: count - 1]
-    while len(ports) < count - 1:
-        ports.append(free_port(settings.host))
-    extra[service] = ports
+    state = json.loads(path.read_text()) if path.exists() else {}
+    if "ports" not in state:  # the file as `scale` wrote it before the count was a setting
+        return {"ports": state, "scaled": {service: len(ports) + 1 for service, ports in state.items()}}
+    return state
+
+
+def instance_count(settings: Settings, service: str, state: dict | None = None) -> int:
+    state = _scale_state(settings) if state is None else state
+    return state["scaled"].get(service, settings.service_processes)
+
+
+def instance_ports(settings: Settings, service: str) -> list[int]:
+    """The ports of the service's instances: the contract's for the first, free ports chosen once after it."""
+    state = _scale_state(settings)
+    extra = state["ports"].get(service, [])[: instance_count(settings, service, state) - 1]
+    return [settings.listen_port(f"{service}_service_port"), *extra]
+
+
+def plan_instances(settings: Settings, scaled: dict[str, int] | None = None) -> dict[str, list[int]]:
+    """Record explicit counts (from `scale`) and choose a free port for every instance that has none yet; the
+    ports are kept, so an instance keeps its port across restarts. Returns each service's ports."""
+    state = _scale_state(settings)
+    for service, count in (scaled or {}).items():
+        if service not in SERVICES:
+            raise StackError(f"unknown service {service!r}: one of {', '.join(SERVICES)}")
+        if count < 1:
+            raise StackError(f"a service runs at least one instance, not {count}")
+        state["scaled"][service] = count
+    taken = {settings.listen_port(f"{service}_service_port") for service in SERVICES}
+    taken.update(port for ports in state["ports"].values() for port in ports)
+    for service in SERVICES:
+        ports = state["ports"].setdefault(service, [])
+        while len(ports) < instance_count(settings, service, state) - 1:
+            port = free_port(settings.host)
+            if port not in taken:
+                ports.append(port)
+                taken.add(port)
+    path = _scale_file(settings)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(extra, indent=2))
-    return [settings.listen_port(f"{service}_service_port"), *ports]
+    path.write_text(json.dumps(state, indent=2))
+    return {service: instance_ports(settings, service) for service in SERVICES}
 
 
 def free_port(host: str) -> int:
@@ -266,7 +289,7 @@ def _envoy(settings: Settings, installed: Installed) -> Program:
     bootstrap = settings.var_dir / "envoy" / "bootstrap.yaml"
 
     argv = [str(installed.envoy / "bin" / "envoy"), "-c", str(bootstrap), "--disable-hot-restart",
-            "--log-level", "info"]
+            "--log-level", "info", "--concurrency", str(settings.envoy_workers)]
     ready = f"{settings.envoy_admin_url}/ready"
     return Program(
         ProgramSpec("envoy", argv, stop_seconds=15),
@@ -387,6 +410,7 @@ class BringUp:
 def up(settings: Settings, installed: Installed, report: Callable[[str], None] = print) -> list[Program]:
     """Bring the whole mesh up and return once every program is healthy; on failure stop everything."""
     codegen.generate()
+    plan_instances(settings)
     wanted = programs(settings, installed)
     supervisor = Supervisor(settings)
     running = supervisor.info()

@@ -33,6 +33,7 @@ class Upstream:
         self.endpoints = Endpoints(settings, consul_name)
         self.channels = Channels()
         self.stub_class = stub_class
+        self._stubs: dict[str, tuple[object, object]] = {}
 
     def start(self) -> None:
         self.endpoints.start()
@@ -49,13 +50,21 @@ class Upstream:
             ):
                 with attempt:
                     address = await self.endpoints.next_address()
-                    stub = self.stub_class(self.channels.get(address))
+                    stub = self._stub(address)
                     metadata = await self.token.metadata()
                     return await getattr(stub, method)(request, timeout=timeout, metadata=metadata)
         except grpc.aio.AioRpcError as error:
             raise self._translate(error) from None
         except KeycloakError as error:
             raise Unavailable(f"no service token from Keycloak to call {self.name}: {error}") from None
+
+    def _stub(self, address: str):
+        """The stub of the address's channel, made once per channel."""
+        channel = self.channels.get(address)
+        stub = self._stubs.get(address)
+        if stub is None or stub[0] is not channel:
+            stub = self._stubs[address] = (channel, self.stub_class(channel))
+        return stub[1]
 
     def rename_fields(self, message: str) -> str:
         """The upstream's field names in the caller's terms (by default unchanged)."""

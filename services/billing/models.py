@@ -63,3 +63,14 @@ class PendingBillRow(Base):
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
     created_at: Mapped[datetime] = mapped_column(DateTime, index=True)  # UTC
     releasing: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class RelayLeaseRow(Base):
+    """Which billing instance publishes the outbox, until when: with several instances on one database, one relay
+    at a time publishes, so an event is not sent by two. Another takes over once the holder's lease runs out."""
+
+    __tablename__ = "relay_lease"
+
+    name: Mapped[str] = mapped_column(String(32), primary_key=True)
+    holder: Mapped[str] = mapped_column(String(64))
+    expires_at: Mapped[datetime] = mapped_column(DateTime)  # UTC

@@ -7,20 +7,27 @@ database meanwhile. It never resends an event whose send is still under way: one
 (kafka-python) keeps retrying it itself, and the broker drops the producer's own repeats, so a stall of Kafka
 publishes each event once. Only a send that failed for good (the producer's delivery timeout, minutes) is made
 again; a crash between publishing and marking also sends an event twice, and consumers de-duplicate by invoice
-id. Every call into kafka-python runs in a worker thread: the event loop never blocks on Kafka."""
+id. Every call into kafka-python runs in a worker thread: the event loop never blocks on Kafka.
+
+Several billing instances share one database: each runs a relay, but only the one holding the lease (a row of
+relay_lease, renewed while it runs) publishes; if it dies, another takes over within LEASE_SECONDS. A holder
+stalled longer than that while sends were under way may see them sent again by its successor: the same
+duplicate as a crash, which consumers absorb."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from datetime import UTC, datetime
+import uuid
+from datetime import UTC, datetime, timedelta
 
 from kafka import KafkaProducer
-from sqlalchemy import func, select, update
+from sqlalchemy import Connection, delete, func, insert, or_, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential
 
-from services.billing.models import OutboxRow
+from services.billing.models import OutboxRow, RelayLeaseRow
 from shopmesh import invoices
 from shopmesh.db import Database
 from shopmesh.settings import Settings
@@ -28,6 +35,8 @@ from shopmesh.settings import Settings
 log = logging.getLogger(__name__)
 
 BATCH = 100
+#: How long a relay's lease on publishing lasts unless renewed (it renews at half of it).
+LEASE_SECONDS = 5.0
 
 
 def _now() -> datetime:
@@ -46,6 +55,9 @@ class OutboxRelay:
         self._acked: list[str] = []
         self.published = 0
         self.failures = 0
+        self.holder = f"{settings.advertise_address}-{uuid.uuid4().hex[:8]}"
+        self._lease_until = 0.0  # loop time until which this relay holds the lease
+        self._next_try = 0.0  # loop time of the next try while another relay holds it
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._supervise(), name="outbox relay")
@@ -54,6 +66,12 @@ class OutboxRelay:
         if self._task:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
+        if self._lease_until:  # hand the lease on now rather than when it runs out
+            try:
+                await self.db.run(lambda session: session.execute(delete(RelayLeaseRow).where(
+                    RelayLeaseRow.name == "outbox", RelayLeaseRow.holder == self.holder)))
+            except Exception as error:  # noqa: BLE001 - stopping: the lease then runs out by itself
+                log.warning("giving up the outbox lease: %s", error)
         if self._producer is not None:
             # What is acknowledged meanwhile stays unmarked, and is published again by the next start.
             try:
@@ -75,7 +93,7 @@ class OutboxRelay:
         """Publish waiting events as they come, until cancelled; raises on a failure, for _supervise to retry."""
         while True:
             await self._mark_acknowledged()
-            sent = await self._send_waiting()
+            sent = await self._send_waiting() if await self._hold_lease() else 0
             if not sent:
                 self.wake.clear()
                 try:
@@ -83,17 +101,49 @@ class OutboxRelay:
                 except TimeoutError:
                     pass
 
+    async def _hold_lease(self) -> bool:
+        """Take or renew the publishing lease when it is free, expired, ours, or half run out; True if held."""
+        loop = asyncio.get_running_loop()
+        if loop.time() < self._lease_until - LEASE_SECONDS / 2:
+            return True
+        if loop.time() < self._next_try:
+            return False  # another holds it: asked again once a second, not on every bill made here
+        started = loop.time()
+
+        def take(session: Session) -> bool:
+            now = _now()
+            lease = {"holder": self.holder, "expires_at": now + timedelta(seconds=LEASE_SECONDS)}
+            renewed = session.execute(update(RelayLeaseRow).where(
+                RelayLeaseRow.name == "outbox",
+                or_(RelayLeaseRow.holder == self.holder, RelayLeaseRow.expires_at < now)).values(**lease))
+            if renewed.rowcount:
+                return True
+            if session.get(RelayLeaseRow, "outbox") is not None:
+                return False  # another relay holds it
+            session.execute(insert(RelayLeaseRow).values(name="outbox", **lease))
+            return True
+
+        try:
+            held = await self.db.run(take)
+        except IntegrityError:
+            held = False  # another relay inserted the first lease at the same moment
+        if held and self._lease_until <= started:
+            log.info("this billing instance (%s) now publishes the outbox", self.holder)
+        self._lease_until = started + LEASE_SECONDS if held else 0.0
+        self._next_try = 0.0 if held else started + 1
+        return held
+
     async def _send_waiting(self) -> int:
         in_flight = list(self._in_flight)
 
-        def waiting(session: Session) -> list[tuple[str, bytes, bytes]]:
+        def waiting(connection: Connection) -> list[tuple[str, bytes, bytes]]:
             query = select(OutboxRow.invoice_id, OutboxRow.key, OutboxRow.value).where(
                 OutboxRow.published_at.is_(None))
             if in_flight:
                 query = query.where(OutboxRow.invoice_id.not_in(in_flight))
-            return [tuple(row) for row in session.execute(query.order_by(OutboxRow.created_at).limit(BATCH))]
+            return [tuple(row) for row in connection.execute(query.order_by(OutboxRow.created_at).limit(BATCH))]
 
-        rows = await self.db.run(waiting)
+        rows = await self.db.read(waiting)
         if rows:
             await asyncio.to_thread(self._send, rows, asyncio.get_running_loop())
         return len(rows)
@@ -124,7 +174,7 @@ class OutboxRelay:
             return
         acked, self._acked = self._acked, []
         try:
-            await self.db.run(lambda session: session.execute(
+            await self.db.write(lambda connection: connection.execute(
                 update(OutboxRow).where(OutboxRow.invoice_id.in_(acked)).values(published_at=_now())))
         except BaseException:
             self._acked[:0] = acked
@@ -135,11 +185,11 @@ class OutboxRelay:
 
     async def waiting(self) -> tuple[int, float]:
         """How many events wait, and the age in seconds of the oldest (0 when none wait)."""
-        def count(session: Session) -> tuple[int, datetime | None]:
+        def count(connection: Connection) -> tuple[int, datetime | None]:
             query = select(func.count(), func.min(OutboxRow.created_at)).where(OutboxRow.published_at.is_(None))
-            return tuple(session.execute(query).one())
+            return tuple(connection.execute(query).one())
 
-        number, oldest = await self.db.run(count)
+        number, oldest = await self.db.read(count)
         return number, (_now() - oldest).total_seconds() if oldest else 0.0
 
     async def health(self) -> tuple[str, str]:

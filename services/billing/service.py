@@ -3,10 +3,11 @@ from __future__ import annotations
 import asyncio
 import logging
 from datetime import UTC, datetime
+from typing import NamedTuple
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
-from sqlalchemy import Connection, func, select
+from sqlalchemy import Connection, bindparam, func, insert, select
 from sqlalchemy.orm import Session
 
 from services.billing.models import Base, BillItemRow, BillRow, OutboxRow
@@ -34,6 +35,11 @@ log = logging.getLogger(__name__)
 
 BILLS = BillRow.__table__
 ITEMS = BillItemRow.__table__
+OUTBOX = OutboxRow.__table__
+#: Built once: a statement made per call costs more than the read itself.
+BILL_BY_ID = select(BILLS).where(BILLS.c.id == bindparam("id"))
+ITEMS_OF = select(ITEMS).where(ITEMS.c.bill_seq.in_(bindparam("seqs", expanding=True))).order_by(
+    ITEMS.c.bill_seq, ITEMS.c.position)
 
 
 def to_message(row, items) -> pb.Bill:
@@ -63,8 +69,7 @@ def read_bills(connection: Connection, rows) -> list[pb.Bill]:
     """The bills of Core bill rows, their items read in one query."""
     items: dict[int, list] = {row.seq: [] for row in rows}
     if items:
-        query = select(ITEMS).where(ITEMS.c.bill_seq.in_(list(items))).order_by(ITEMS.c.bill_seq, ITEMS.c.position)
-        for item in connection.execute(query):
+        for item in connection.execute(ITEMS_OF, {"seqs": list(items)}):
             items[item.bill_seq].append(item)
     return [to_message(row, items[row.seq]) for row in rows]
 
@@ -75,21 +80,49 @@ def bill_lines(request: pb.CreateBillRequest) -> list[tuple[str, int]]:
     return product_lines(request.items, "items")
 
 
-def new_bill(bill_id: str, customer: Customer, lines: list[tuple[str, int]], products: list[Product]) -> BillRow:
+class NewItem(NamedTuple):
+    """A bill line as stored: the columns of bill_items but its bill's seq."""
+
+    position: int
+    product_id: str
+    product_name: str
+    quantity: int
+    unit_price_cents: int
+    amount_cents: int
+
+
+class NewBill(NamedTuple):
+    """A bill as stored: the columns of bills but seq."""
+
+    id: str
+    billing_date: datetime
+    customer_id: str
+    customer_name: str
+    customer_email: str
+    total_cents: int
+
+
+def new_bill(bill_id: str, customer: Customer, lines: list[tuple[str, int]],
+             products: list[Product]) -> tuple[NewBill, list[NewItem]]:
     """The bill at the prices the inventory reserved at; amounts and total in integer cents."""
     items = []
     for position, ((product_id, quantity), product) in enumerate(zip(lines, products, strict=True)):
         unit = parse_cents(product.price, f"items[{position}].unit_price")
-        items.append(BillItemRow(position=position, product_id=product_id, product_name=product.name,
-                                 quantity=quantity, unit_price_cents=unit, amount_cents=unit * quantity))
+        items.append(NewItem(position, product_id, product.name, quantity, unit, unit * quantity))
     total = sum(item.amount_cents for item in items)
     if total >= MAX_CENTS:
         raise InvalidArgument("items", f"the bill's total {format_cents(total)} is too large: it must stay below "
                                        f"{format_cents(MAX_CENTS)}")
-    return BillRow(
-        id=bill_id, billing_date=datetime.now(UTC).replace(tzinfo=None), customer_id=customer.id,
-        customer_name=customer.name, customer_email=customer.email, total_cents=total, items=items,
-    )
+    bill = NewBill(bill_id, datetime.now(UTC).replace(tzinfo=None), customer.id, customer.name, customer.email, total)
+    return bill, items
+
+
+def store_bill(connection: Connection, bill: NewBill, items: list[NewItem], event: invoices.Invoice) -> None:
+    """The bill, its lines and its invoice event, in the caller's transaction: stored together or not at all."""
+    seq = connection.execute(insert(BILLS), bill._asdict()).inserted_primary_key[0]
+    connection.execute(insert(ITEMS), [{"bill_seq": seq, **item._asdict()} for item in items])
+    connection.execute(insert(OUTBOX), {"invoice_id": bill.id, "key": event.key(), "value": event.value(),
+                                        "created_at": bill.billing_date})
 
 
 class BillingService(pb_grpc.BillingServiceServicer):
@@ -117,7 +150,7 @@ class BillingService(pb_grpc.BillingServiceServicer):
         bill_id = check_id(request.id, "id")
 
         def work(connection: Connection) -> list[pb.Bill]:
-            return read_bills(connection, connection.execute(select(BILLS).where(BILLS.c.id == bill_id)).all())
+            return read_bills(connection, connection.execute(BILL_BY_ID, {"id": bill_id}).all())
 
         bills = await self.db.read(work)
         if not bills:
@@ -138,25 +171,20 @@ class BillingService(pb_grpc.BillingServiceServicer):
         await self.reservations.begin(bill_id)
         try:
             products = await self.inventory.reserve(bill_id, lines)
-            row = new_bill(bill_id, customer, lines, products)
-            event = invoices.Invoice(bill_id, customer.name, row.total_cents, row.billing_date.replace(tzinfo=UTC))
+            bill, items = new_bill(bill_id, customer, lines, products)
+            event = invoices.Invoice(bill_id, customer.name, bill.total_cents, bill.billing_date.replace(tzinfo=UTC))
 
-            def store(session: Session) -> pb.Bill:
-                store_pending(session, bill_id)
-                session.add(row)
-                # The bill's invoice event, in the same transaction: stored together or not at all.
-                session.add(OutboxRow(invoice_id=bill_id, key=event.key(), value=event.value(),
-                                      created_at=row.billing_date))
-                session.flush()
-                return to_message(row, row.items)
+            def store(connection: Connection) -> None:
+                store_pending(connection, bill_id)
+                store_bill(connection, bill, items, event)
 
-            bill = await self.db.run(store)
+            await self.db.write(store)
         except BaseException:
             log.warning("bill %s not stored; giving its stock back", bill_id)
             await self.reservations.give_back(bill_id)
             raise
         self.relay.wake.set()
-        return bill
+        return to_message(bill, items)
 
 
 def _retrieve(making: asyncio.Future) -> None:

@@ -3,7 +3,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 import grpc
-from sqlalchemy import Connection, func, select, update
+from sqlalchemy import Connection, bindparam, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from services.inventory.models import Base, ProductRow, ReservationLineRow, ReservationRow
@@ -23,6 +23,15 @@ UPDATABLE = ("name", "price", "quantity")
 
 #: What a read selects: the table's columns as Core rows, no ORM objects.
 TABLE = ProductRow.__table__
+RESERVATIONS = ReservationRow.__table__
+LINES = ReservationLineRow.__table__
+#: Built once: a statement made per call costs more than the read itself.
+BY_ID = select(TABLE).where(TABLE.c.id == bindparam("id"))
+RESERVATION_RELEASED = select(RESERVATIONS.c.released).where(RESERVATIONS.c.id == bindparam("id"))
+TAKE = (update(TABLE).where(TABLE.c.id == bindparam("product"), TABLE.c.quantity >= bindparam("taken"))
+        .values(quantity=TABLE.c.quantity - bindparam("taken")))
+RESERVED_PRODUCTS = (select(TABLE).join(LINES, LINES.c.product_id == TABLE.c.id)
+                     .where(LINES.c.reservation_id == bindparam("id")).order_by(LINES.c.position))
 
 
 def to_message(row) -> pb.Product:
@@ -75,8 +84,7 @@ class InventoryService(pb_grpc.InventoryServiceServicer):
 
     async def GetProduct(self, request: pb.GetProductRequest, context) -> pb.Product:
         product_id = check_id(request.id, "id")
-        row = await self.db.read(lambda connection: connection.execute(
-            select(TABLE).where(TABLE.c.id == product_id)).first())
+        row = await self.db.read(lambda connection: connection.execute(BY_ID, {"id": product_id}).first())
         if row is None:
             raise NotFound(f"id: product {shown(product_id)} not found")
         return to_message(row)
@@ -112,36 +120,36 @@ class InventoryService(pb_grpc.InventoryServiceServicer):
 
     async def ReserveStock(self, request: pb.ReserveStockRequest, context) -> pb.ReserveStockResponse:
         _check_lines(request)
+        reservation_id = request.reservation_id
 
-        def work(session: Session) -> pb.ReserveStockResponse:
-            reservation = session.get(ReservationRow, request.reservation_id)
-            if reservation is not None and reservation.released:
-                raise FailedPrecondition(f"reservation_id: reservation {shown(request.reservation_id)} was released; "
+        def work(connection: Connection) -> pb.ReserveStockResponse:
+            # Core statements, not the ORM: this runs once per bill, and its unit of work cost more than the SQL.
+            released = connection.execute(RESERVATION_RELEASED, {"id": reservation_id}).scalar()
+            if released:
+                raise FailedPrecondition(f"reservation_id: reservation {shown(reservation_id)} was released; "
                                          "it takes no more stock")
-            if reservation is None:
-                session.add(ReservationRow(id=request.reservation_id, released=False, created_at=_now()))
-                session.flush()  # a concurrent reservation or release of the same id fails here, not halfway
+            if released is None:
+                # A concurrent reservation or release of the same id fails here, not halfway.
+                connection.execute(insert(RESERVATIONS).values(id=reservation_id, released=False, created_at=_now()))
                 for index, line in enumerate(request.lines):
                     # One conditional UPDATE per line: the stock can never go below zero, even under races.
-                    taken = session.execute(
-                        update(ProductRow)
-                        .where(ProductRow.id == line.product_id, ProductRow.quantity >= line.quantity)
-                        .values(quantity=ProductRow.quantity - line.quantity)
-                    ).rowcount
+                    taken = connection.execute(TAKE, {"product": line.product_id, "taken": line.quantity}).rowcount
                     if not taken:
-                        row = _get(session, line.product_id, f"lines[{index}].product_id")
+                        row = connection.execute(BY_ID, {"id": line.product_id}).first()
+                        field = f"lines[{index}].product_id"
+                        if row is None:
+                            raise NotFound(f"{field}: product {shown(line.product_id)} not found")
                         raise FailedPrecondition(
                             f"lines[{index}].quantity: not enough stock of {shown(row.name)}: "
                             f"{line.quantity} asked, {row.quantity} left"
                         )
-                    session.add(ReservationLineRow(reservation_id=request.reservation_id, product_id=line.product_id,
-                                                   quantity=line.quantity, position=index))
-            session.flush()
-            session.expire_all()
-            lines = _reservation(session, request.reservation_id)
-            return pb.ReserveStockResponse(products=[to_message(session.get(ProductRow, l.product_id)) for l in lines])
+                connection.execute(insert(LINES), [
+                    {"reservation_id": reservation_id, "product_id": line.product_id, "quantity": line.quantity,
+                     "position": index} for index, line in enumerate(request.lines)])
+            products = connection.execute(RESERVED_PRODUCTS, {"id": reservation_id})
+            return pb.ReserveStockResponse(products=map(to_message, products))
 
-        return await self.db.run(work)
+        return await self.db.write(work)
 
     async def ReleaseStock(self, request: pb.ReleaseStockRequest, context) -> pb.ReleaseStockResponse:
         check_id(request.reservation_id, "reservation_id")

@@ -19,6 +19,7 @@ from shopmesh.customer.v1 import customer_service_pb2 as customer
 from shopmesh.customer.v1 import customer_service_pb2_grpc as customer_grpc
 from shopmesh.inventory.v1 import inventory_service_pb2 as inventory
 from shopmesh.inventory.v1 import inventory_service_pb2_grpc as inventory_grpc
+from shopmesh import stack
 from shopmesh.stack import free_port
 from tests.auth import authorized_channel
 from tests.conftest import shopmesh, wait_for
@@ -296,17 +297,33 @@ def test_seeded_bills_are_served_in_full(bills):
 @pytest.mark.parametrize("service, own_checks", [("customer-service", []), ("inventory-service", []),
                                                  ("billing-service", [("outbox", "ttl")])])
 def test_each_service_is_in_consul_with_a_passing_grpc_check(mesh, service, own_checks):
+    """Every process of the service (service_processes of them unless scaled) is an instance with its checks."""
     entries = httpx.get(f"{mesh.consul_url}/v1/health/service/{service}").json()
-    checks = [check for entry in entries for check in entry["Checks"] if check["ServiceName"] == service]
-    assert [check["Type"] for check in checks if check["Name"] == f"Service '{service}' check"] == ["grpc"]
-    assert [(check["Name"], check["Type"]) for check in checks if check["Type"] != "grpc"] == own_checks
-    assert all(check["Status"] == "passing" for check in checks)
+    assert {entry["Service"]["Port"] for entry in entries} == set(
+        stack.instance_ports(mesh, service.removesuffix("-service")))
+    for entry in entries:
+        checks = [check for check in entry["Checks"] if check["ServiceName"] == service]
+        assert [check["Type"] for check in checks if check["Name"] == f"Service '{service}' check"] == ["grpc"]
+        assert [(check["Name"], check["Type"]) for check in checks if check["Type"] != "grpc"] == own_checks
+        assert all(check["Status"] == "passing" for check in checks)
 
 
 def _passing(mesh, service: str) -> set[int]:
     entries = httpx.get(f"{mesh.consul_url}/v1/health/service/{service}", params={"passing": 1}).json()
     return {entry["Service"]["Port"] for entry in entries}
 
+
+
+def _programs(mesh, service: str) -> list[str]:
+    """The supervisord programs of a service's instances: customer-service, customer-service-2, …"""
+    count = len(stack.instance_ports(mesh, service))
+    return [f"{service}-service" + (f"-{number}" if number > 1 else "") for number in range(1, count + 1)]
+
+
+def _latest_instances(log, service: str) -> set[str]:
+    """The addresses of the service that the log's last `<service> instances:` line names."""
+    lines = [line for line in log.read_text().splitlines() if f" {service} instances: " in line]
+    return set(lines[-1].split(" instances: ", 1)[1].split(", ")) if lines else set()
 
 
 def _bill_one(customers, products, bills) -> None:
@@ -325,20 +342,20 @@ def test_billing_spreads_over_two_customer_instances_and_drops_a_killed_one(mesh
                                   env={**os.environ, "SHOPMESH_INSTANCE_PORT": str(port)})
     try:
         wait_for(lambda: port in _passing(mesh, "customer-service"), 30, "the second instance to pass")
-        first_log = mesh.log_dir / "customer-service.log"
-        first_before = first_log.read_text().count("GetCustomer OK")
+        mesh_logs = [mesh.log_dir / f"{name}.log" for name in _programs(mesh, "customer")]
+        mesh_before = sum(log.read_text().count("GetCustomer OK") for log in mesh_logs)
         _bill_one(customers, products, bills)
         wait_for(lambda: log_path.read_text().count("GetCustomer OK") > 0, 10, "calls on the second instance")
-        assert first_log.read_text().count("GetCustomer OK") > first_before
+        wait_for(lambda: sum(log.read_text().count("GetCustomer OK") for log in mesh_logs) > mesh_before, 10,
+                 "calls on the mesh's own instances")
 
         billing_log = mesh.log_dir / "billing-service.log"
-        only_first = f"customer-service instances: {mesh.host}:{mesh.customer_service_port}\n"
-        seen_before = billing_log.read_text().count(only_first)
+        the_mesh_own = {f"{mesh.host}:{each}" for each in stack.instance_ports(mesh, "customer")}
         second.send_signal(signal.SIGKILL)
         second.wait()
         wait_for(lambda: port not in _passing(mesh, "customer-service"), 30, "the killed instance to turn critical")
-        wait_for(lambda: billing_log.read_text().count(only_first) > seen_before, 10,
-                  "billing to drop the killed instance")
+        wait_for(lambda: _latest_instances(billing_log, "customer-service") == the_mesh_own, 10,
+                 "billing to drop the killed instance")
         calls_after_kill = log_path.read_text().count("GetCustomer OK")
         _bill_one(customers, products, bills)
         assert log_path.read_text().count("GetCustomer OK") == calls_after_kill
@@ -349,16 +366,17 @@ def test_billing_spreads_over_two_customer_instances_and_drops_a_killed_one(mesh
 
 
 def test_scale_starts_another_registered_instance_and_scales_back(mesh):
-    scaled = shopmesh("scale", "inventory-service", "2")
+    before = stack.instance_ports(mesh, "inventory")
+    more = len(before) + 1
+    scaled = shopmesh("scale", "inventory-service", str(more))
     assert scaled.returncode == 0, scaled.stderr
-    assert len(_passing(mesh, "inventory-service")) == 2
+    assert len(_passing(mesh, "inventory-service")) == more
     status = shopmesh("status")
-    assert "inventory-service-2" in status.stdout
-    back = shopmesh("scale", "inventory-service", "1")
+    assert f"inventory-service-{more}" in status.stdout
+    back = shopmesh("scale", "inventory-service", str(len(before)))
     assert back.returncode == 0, back.stderr
-    wait_for(lambda: _passing(mesh, "inventory-service") == {mesh.inventory_service_port}, 30,
-              "the second instance to leave Consul")
-    assert "inventory-service-2" not in shopmesh("status").stdout
+    wait_for(lambda: _passing(mesh, "inventory-service") == set(before), 30, "the added instance to leave Consul")
+    assert f"inventory-service-{more}" not in shopmesh("status").stdout
 
 
 def test_scale_of_an_unknown_service_is_refused(mesh):
