@@ -7,7 +7,7 @@ import re
 import pytest
 
 from shopmesh.settings import Settings
-from shopmesh.stack import BringUp, Program, StackError
+from shopmesh.stack import SERVICES, BringUp, Program, StackError, instance_ports, plan_instances
 from shopmesh.supervise import ProgramSpec, owner_only, render_config
 
 
@@ -116,3 +116,43 @@ def test_owner_only_takes_the_group_and_other_bits_off_a_tree(tmp_path):
     owner_only(tmp_path)
     assert {path.name: path.stat().st_mode & 0o777 for path in (tmp_path / "data", tmp_path / "data" / "keys.db")} \
         == {"data": 0o700, "keys.db": 0o600}
+
+
+def test_each_service_runs_service_processes_instances_on_ports_chosen_once(tmp_path):
+    settings = Settings(var_dir=tmp_path, service_processes=3)
+    planned = plan_instances(settings)
+    assert {service: len(ports) for service, ports in planned.items()} == dict.fromkeys(SERVICES, 3)
+    assert planned["customer"][0] == settings.customer_service_port
+    extra = [port for ports in planned.values() for port in ports[1:]]
+    assert len(set(extra)) == len(extra) == 6
+    # A later bring-up keeps every instance on its port; fewer processes keep the first ports.
+    assert plan_instances(settings) == planned
+    assert instance_ports(Settings(var_dir=tmp_path, service_processes=2), "billing") == planned["billing"][:2]
+
+
+def test_scale_sets_one_service_s_count_over_the_setting(tmp_path):
+    settings = Settings(var_dir=tmp_path, service_processes=2)
+    planned = plan_instances(settings, {"inventory": 1})
+    assert [len(planned[service]) for service in SERVICES] == [2, 1, 2]
+    assert len(plan_instances(settings, {"inventory": 4})["inventory"]) == 4
+    with pytest.raises(StackError, match="unknown service 'payment'"):
+        plan_instances(settings, {"payment": 2})
+    with pytest.raises(StackError, match="at least one instance"):
+        plan_instances(settings, {"billing": 0})
+
+
+def test_a_scale_file_of_the_earlier_format_keeps_its_instances(tmp_path):
+    settings = Settings(var_dir=tmp_path, service_processes=2)
+    settings.run_dir.mkdir(parents=True)
+    (settings.run_dir / "instances.json").write_text('{"inventory": [41001, 41002], "customer": []}')
+    assert instance_ports(settings, "inventory") == [settings.inventory_service_port, 41001, 41002]
+    assert instance_ports(settings, "customer") == [settings.customer_service_port]
+    assert len(instance_ports(settings, "billing")) == 1  # no port chosen yet: plan_instances chooses it
+    assert len(plan_instances(settings)["billing"]) == 2
+
+
+def test_the_default_process_count_follows_the_cpu_cores(monkeypatch):
+    for cores, processes, workers in ((1, 1, 1), (2, 2, 1), (8, 4, 4), (None, 1, 1)):
+        monkeypatch.setattr("os.cpu_count", lambda cores=cores: cores)
+        settings = Settings()
+        assert (settings.service_processes, settings.envoy_workers) == (processes, workers)
