@@ -1,13 +1,15 @@
 """The request path, measured with outside tools: ghz for native gRPC, vegeta for REST through Envoy.
 
 Run against a running mesh (`make up`):  .venv/bin/python -m bench.requests [--seconds 10] [--connections 16]
-[--rate 500] [--paths GetCustomer,ListCustomers,GetBill,CreateBill]
+[--rate 500] [--paths GetCustomer,ListCustomers,GetBill,CreateBill] [--database-url URL]
 
 For each path it prints, through Envoy (REST/JSON, JWT, RBAC, transcoding) and straight to the service (native
 gRPC, the service's own token check): a closed loop of N connections, and an open loop at a constant rate; each
 with requests/s, p50, p99, the errors, and the throughput or p99 relative to the direct gRPC call. ghz and vegeta
 are built from the Go module proxy into the per-user cache on first use. Every request carries mesh-admin's
-token, fetched once: a run must end within its 300 s lifespan.
+token, fetched once: a run must end within its 300 s lifespan. After the table, the CPU milliseconds each part of
+the mesh spent per request through Envoy: where the time goes. With --database-url (a PostgreSQL server, say),
+the customer reads are also measured on one customer-service process on that database.
 """
 
 from __future__ import annotations
@@ -15,18 +17,27 @@ from __future__ import annotations
 import argparse
 import base64
 import json
+import os
 import subprocess
+import sys
 import tempfile
+import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import httpx
 import psutil
 
-from shopmesh import codegen, install, realm
+from services.customer.seed import CUSTOMERS
+from shopmesh import codegen, health, install, realm
+from shopmesh.stack import free_port
 from shopmesh.settings import Settings, load
 from shopmesh.supervise import Supervisor
+
+
+#: A customer every customer database holds from its first start.
+SEEDED_CUSTOMER = CUSTOMERS[0][0]
 
 
 @dataclass(frozen=True)
@@ -163,6 +174,9 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--rate", type=int, default=500, help="requests/s of the constant-rate runs")
     parser.add_argument("--paths", default="", help="comma-separated names, e.g. GetCustomer,CreateBill")
+    parser.add_argument("--database-url", default="",
+                        help="also measure the customer reads straight on a customer-service process that the bench "
+                             "starts on this SQLAlchemy URL, e.g. postgresql+psycopg://shopmesh@127.0.0.1:5432/shop")
     args = parser.parse_args()
     settings = load()
     tools = {name: install.ensure(tool, settings.cache_dir) / "bin" / name
@@ -191,6 +205,37 @@ def main() -> None:
                 print(f"{path.name:<20} {route:<16} {load_name:<18} {figures.rate:>8.0f} {figures.p50_ms:>8.1f} "
                       f"{figures.p99_ms:>8.1f} {figures.errors:>7} {ratio:>7.2f}x", flush=True)
     _print_costs(costs)
+    if args.database_url:
+        _on_database(args, settings, tools["ghz"], token)
+
+
+def _on_database(args, settings: Settings, binary: Path, token: str) -> None:
+    """GetCustomer and ListCustomers on a customer-service process of the given database (seeded on start)."""
+    port = free_port(settings.host)
+    env = {**os.environ, "SHOPMESH_INSTANCE_PORT": str(port), "SHOPMESH_CUSTOMER_DATABASE_URL": args.database_url,
+           "SHOPMESH_SERVICE_PROCESSES": "1"}
+    with tempfile.TemporaryFile() as log:
+        process = subprocess.Popen([sys.executable, "-m", "services.customer"], env=env, stdout=log,
+                                   stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + 30
+            while health.grpc_serving(settings, port):
+                if process.poll() is not None or time.monotonic() > deadline:
+                    log.seek(0)
+                    raise SystemExit(f"customer-service on {args.database_url} did not start:\n{log.read().decode()}")
+                time.sleep(0.2)
+            dialect = args.database_url.split(":", 1)[0].split("+", 1)[0]
+            print(f"\ncustomer-service, one process, on {dialect}: gRPC direct")
+            for path in paths(settings, SEEDED_CUSTOMER, "", "")[:2]:
+                for rate in (None, args.rate):
+                    figures = ghz(binary, replace(path, port=port), settings, token, args.seconds, args.connections,
+                                  rate)
+                    load_name = f"{args.connections} connections" if rate is None else f"{rate}/s constant"
+                    print(f"{path.name:<20} {dialect:<16} {load_name:<18} {figures.rate:>8.0f} "
+                          f"{figures.p50_ms:>8.1f} {figures.p99_ms:>8.1f} {figures.errors:>7}", flush=True)
+        finally:
+            process.terminate()
+            process.wait(timeout=30)
 
 
 def _print_costs(costs: list[tuple[str, int, dict[str, float]]]) -> None:
@@ -198,7 +243,7 @@ def _print_costs(costs: list[tuple[str, int, dict[str, float]]]) -> None:
     parts = sorted({part for _, _, cpu in costs for part, seconds in cpu.items() if seconds > 0.05})
     if not parts:
         return
-    print(f"\nCPU ms per request through Envoy (closed loop; the load tool not counted)")
+    print("\nCPU ms per request through Envoy (closed loop; the load tool not counted)")
     print(f"{'path':<20} " + " ".join(f"{part.removesuffix('-service')[:12]:>12}" for part in parts) + f" {'total':>8}")
     for name, requests, cpu in costs:
         cells = [1000 * cpu.get(part, 0.0) / max(requests, 1) for part in parts]

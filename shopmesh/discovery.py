@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
@@ -135,6 +136,13 @@ def usable_addresses(entries: list[dict], known: tuple[str, ...]) -> tuple[str, 
     return tuple(sorted(usable))
 
 
+#: How long an instance seen usable is still taken for known: a Consul agent that restarts may list an instance
+#: without its checks, or not at all, for a moment before it lists it critical with no output.
+RECENT_SECONDS = 10.0
+#: How long a call waits for an instance when Consul lists none, before it fails UNAVAILABLE.
+EMPTY_WAIT_SECONDS = 2.0
+
+
 class Endpoints:
     """The passing instances of one service, kept current by a Consul blocking query."""
 
@@ -146,6 +154,8 @@ class Endpoints:
         self.addresses: tuple[str, ...] = ()
         self._turn = itertools.count()
         self._known = asyncio.Event()
+        self._some = asyncio.Event()  # set while there is at least one address
+        self._left: dict[str, float] = {}  # address -> when it left the usable set (monotonic)
         self._task: asyncio.Task | None = None
 
     def start(self) -> None:
@@ -168,26 +178,39 @@ class Endpoints:
                     index = None
                     await asyncio.sleep(1)
                     continue
-                addresses = usable_addresses(entries, self.addresses)
-                changed = addresses != self.addresses or not self._known.is_set()
-                if changed:
-                    log.info("%s instances: %s", self.service, ", ".join(addresses) or "none")
-                self.addresses = addresses
-                self._known.set()
-                if changed and self.on_change is not None:
-                    self.on_change(self.service, addresses)
+                if self.update(entries, time.monotonic()) and self.on_change is not None:
+                    self.on_change(self.service, self.addresses)
         finally:
             await client.close()
 
+    def update(self, entries: list[dict], now: float) -> bool:
+        """Take Consul's latest health entries of the service; True when the usable set changed."""
+        # Known: what is usable now, and what stopped being usable less than RECENT_SECONDS ago. (A blocking query
+        # answers on changes only: an instance in the set for an hour was last reported an hour ago.)
+        self._left = {address: left for address, left in self._left.items() if now - left < RECENT_SECONDS}
+        addresses = usable_addresses(entries, (*self.addresses, *self._left))
+        self._left.update(dict.fromkeys(set(self.addresses) - set(addresses), now))
+        changed = addresses != self.addresses or not self._known.is_set()
+        if changed:
+            log.info("%s instances: %s", self.service, ", ".join(addresses) or "none")
+        self.addresses = addresses
+        self._known.set()
+        (self._some.set if addresses else self._some.clear)()
+        return changed
+
     async def next_address(self, wait: float = 5.0) -> str:
-        """The next passing instance, round-robin; UNAVAILABLE when Consul knows none."""
+        """The next passing instance, round-robin. While Consul lists none (an agent restarting, say) it waits up
+        to EMPTY_WAIT_SECONDS for one; then UNAVAILABLE."""
         try:
             await asyncio.wait_for(self._known.wait(), wait)
         except TimeoutError:
             raise Unavailable(f"{self.service}: Consul did not answer within {wait:.0f} s") from None
+        if not self.addresses:
+            try:
+                await asyncio.wait_for(self._some.wait(), EMPTY_WAIT_SECONDS)
+            except TimeoutError:
+                raise Unavailable(f"{self.service}: no healthy instance is registered in Consul") from None
         addresses = self.addresses
-        if not addresses:
-            raise Unavailable(f"{self.service}: no healthy instance is registered in Consul")
         return addresses[next(self._turn) % len(addresses)]
 
 

@@ -18,6 +18,7 @@ class GetLoop:
         self.auth = Bearer(tokens)
         self.limit = limit
         self.statuses: list[int] = []
+        self.failures: list[str] = []  # the first few answers other than 200, as "status body"
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -25,9 +26,14 @@ class GetLoop:
         with httpx.Client(timeout=15, auth=self.auth) as client:
             while not self._stop.is_set() and len(self.statuses) < self.limit:
                 try:
-                    self.statuses.append(client.get(self.url).status_code)
-                except httpx.HTTPError:
+                    answer = client.get(self.url)
+                    self.statuses.append(answer.status_code)
+                    if answer.status_code != 200 and len(self.failures) < 10:
+                        self.failures.append(f"{answer.status_code} {answer.text[:300]}")
+                except httpx.HTTPError as error:
                     self.statuses.append(0)
+                    if len(self.failures) < 10:
+                        self.failures.append(f"0 {error!r}")
                 time.sleep(0.01)
 
     def __enter__(self):

@@ -183,7 +183,7 @@ def test_consul_restarted_under_reads_and_bills_fails_no_request(mesh, tokens, s
             thread.join(60)
     assert reads.statuses and bills
     assert 0 not in hosts, "Envoy's customer-service endpoints were emptied"
-    assert Counter(reads.statuses) == {200: len(reads.statuses)}
+    assert Counter(reads.statuses) == {200: len(reads.statuses)}, reads.failures
     assert Counter(bills) == {200: len(bills)}
     assert stock.reconciled()
 

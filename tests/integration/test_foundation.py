@@ -15,7 +15,7 @@ import pytest
 from kafka import KafkaConsumer, KafkaProducer
 from kafka.admin import KafkaAdminClient, NewTopic
 
-from shopmesh import install
+from shopmesh import install, stack
 from shopmesh.supervise import Supervisor
 from tests.conftest import SHOPMESH, shopmesh
 
@@ -102,9 +102,12 @@ def test_status_reports_every_part_healthy(mesh):
     status = shopmesh("status")
     assert status.returncode == 0, status.stdout + status.stderr
     lines = [line for line in status.stdout.splitlines() if line.strip()]
+    services = [f"{name}-service" + (f"-{number}" if number > 1 else "") for name in stack.SERVICES
+                for number in range(1, len(stack.instance_ports(mesh, name)) + 1)]
+    assert len(services) >= 3
     assert [line.split()[0] for line in lines] == [
-        "consul", "kafka", "keycloak", "mesh-control-plane", "envoy", "customer-service", "inventory-service",
-        "billing-service", "facturation-producer", "analytics-totals-5s", "analytics-totals-by-customer"]
+        "consul", "kafka", "keycloak", "mesh-control-plane", "envoy", *services,
+        "facturation-producer", "analytics-totals-5s", "analytics-totals-by-customer"]
     assert all(" healthy " in line for line in lines), status.stdout
 
 

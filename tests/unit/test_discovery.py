@@ -27,3 +27,54 @@ def test_an_instance_never_seen_passing_waits_for_its_first_check():
 def test_a_known_instance_whose_check_ran_and_failed_is_dropped():
     entries = [_entry(1, ("critical", "rpc error: connection refused")), _entry(2, ("passing", "ok"))]
     assert usable_addresses(entries, ("127.0.0.1:1", "127.0.0.1:2")) == ("127.0.0.1:2",)
+
+
+def _endpoints():
+    from shopmesh.discovery import Endpoints
+    from shopmesh.settings import Settings
+
+    return Endpoints(Settings(), "inventory-service")
+
+
+def test_an_instance_missing_for_a_moment_while_consul_restarts_is_kept_when_it_comes_back_unchecked():
+    endpoints = _endpoints()
+    endpoints.update([_entry(1, ("passing", "ok")), _entry(2, ("passing", "ok"))], now=100.0)
+    # The restarting agent lists only one instance, then both again with their checks not yet run.
+    endpoints.update([_entry(1, ("critical", ""))], now=101.0)
+    endpoints.update([_entry(1, ("critical", "")), _entry(2, ("critical", ""))], now=101.5)
+    assert endpoints.addresses == ("127.0.0.1:1", "127.0.0.1:2")
+
+
+def test_an_instance_unseen_for_longer_than_the_memory_waits_for_its_check():
+    from shopmesh.discovery import RECENT_SECONDS
+
+    endpoints = _endpoints()
+    endpoints.update([_entry(1, ("passing", "ok")), _entry(2, ("passing", "ok"))], now=100.0)
+    endpoints.update([_entry(1, ("passing", "ok"))], now=101.0)
+    endpoints.update([_entry(1, ("passing", "ok")), _entry(2, ("critical", ""))], now=101.0 + RECENT_SECONDS)
+    assert endpoints.addresses == ("127.0.0.1:1",)
+    # A check that ran and failed drops an instance at once, recent or not.
+    endpoints.update([_entry(1, ("critical", "connection refused"))], now=102.0 + RECENT_SECONDS)
+    assert endpoints.addresses == ()
+
+
+def test_a_call_waits_a_moment_for_an_instance_while_consul_lists_none():
+    import asyncio
+
+    endpoints = _endpoints()
+
+    async def scenario() -> str:
+        endpoints.update([], now=1.0)
+        loop = asyncio.get_running_loop()
+        loop.call_later(0.2, endpoints.update, [_entry(7, ("passing", "ok"))], 1.2)
+        return await endpoints.next_address()
+
+    assert asyncio.run(scenario()) == "127.0.0.1:7"
+
+
+def test_instances_in_the_set_for_long_stay_when_a_restarted_consul_first_lists_them_unchecked():
+    # A blocking query answers on changes only: the set may be an hour old when Consul restarts.
+    endpoints = _endpoints()
+    endpoints.update([_entry(1, ("passing", "ok")), _entry(2, ("passing", "ok"))], now=100.0)
+    endpoints.update([_entry(1, ("critical", "")), _entry(2, ("critical", ""))], now=3700.0)
+    assert endpoints.addresses == ("127.0.0.1:1", "127.0.0.1:2")
