@@ -3,6 +3,7 @@ total, and the output and dead-letter records, all in integer cents. No Bytewax 
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -17,6 +18,9 @@ EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 #: outbox publishes at least once: a repeat follows the original closely, so a short memory is enough.
 REMEMBERED_IDS = 1000
 _FIELDS = ("invoice_id", "customer_name", "amount", "issued_at")
+#: One decoder for every message (json.loads with parse_float builds a new one per call); parse_float keeps a
+#: JSON number such as 123.45 exact: it never becomes a binary float.
+_DECODER = json.JSONDecoder(parse_float=Decimal)
 #: Bounds of what is counted: ids and names as the services bound them, so no state or record grows with input.
 MAX_INVOICE_ID = 64
 MAX_CUSTOMER_NAME = 200
@@ -44,8 +48,8 @@ def parse(raw: bytes, now: datetime | None = None, max_skew: timedelta = timedel
     An invoice issued more than max_skew after now (the dataflow's clock) is refused as `future`: counted, it
     would move the windows' event clock ahead and make every current invoice late."""
     try:
-        # parse_float keeps a JSON number such as 123.45 exact: it never becomes a binary float.
-        event = json.loads(raw, parse_float=Decimal)
+        # As json.loads reads bytes: UTF-8, -16 or -32 by their first bytes.
+        event = _DECODER.decode(raw.decode(json.detect_encoding(raw), "surrogatepass"))
     except (ValueError, RecursionError) as error:
         # ValueError covers bad UTF-8, bad JSON, and integers past Python's digit limit for int().
         raise BadInvoice(f"not JSON: {_short(str(error))}") from None
@@ -168,8 +172,15 @@ def window_total(start: datetime, total_cents: int, count: int) -> bytes:
 
 
 def customer_total(customer_name: str, total_cents: int, count: int, updated_at: datetime) -> bytes:
-    return json.dumps({"customer_name": customer_name, "total": format_cents(total_cents), "count": count,
-                       "updated_at": iso_millis(updated_at)}).encode()
+    # Written out by hand, the name as JSON once per customer: json.dumps of the whole record was a third of the
+    # dataflow's time. The same bytes as json.dumps of the dict (a unit test says so).
+    return (f'{{"customer_name": {_json_string(customer_name)}, "total": "{format_cents(total_cents)}", '
+            f'"count": {count}, "updated_at": "{iso_millis(updated_at)}"}}').encode()
+
+
+@functools.lru_cache(maxsize=4096)
+def _json_string(text: str) -> str:
+    return json.dumps(text)
 
 
 def dead_letter(reason: str, raw: bytes, topic: str, partition: int, offset: int) -> bytes:

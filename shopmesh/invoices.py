@@ -46,7 +46,7 @@ class Invoice:
 
 def iso_millis(moment: datetime) -> str:
     """2026-11-28T23:00:00.123Z"""
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds").removesuffix("+00:00") + "Z"
 
 
 def producer(settings: Settings) -> KafkaProducer:

@@ -148,3 +148,30 @@ def test_a_dead_letter_of_any_message_is_bounded_json(raw, key):
     assert ("raw_bytes" in record) == (len(raw) > MAX_DEAD_LETTER_RAW)
     assert len(record["raw"].encode()) <= 3 * MAX_DEAD_LETTER_RAW  # replacement characters may widen bytes
     assert key is None or len(dead_letter_key(key)) <= 1024
+
+
+@given(st.text(max_size=200), st.integers(0, MAX_CENTS - 1), st.integers(0, 10**9),
+       st.datetimes(min_value=datetime(1970, 1, 1), timezones=st.just(UTC)))
+def test_a_customer_total_is_the_json_of_its_fields_byte_for_byte(name, cents, count, moment):
+    from shopmesh.invoices import iso_millis
+    from shopmesh.money import format_cents
+
+    expected = json.dumps({"customer_name": name, "total": format_cents(cents), "count": count,
+                           "updated_at": iso_millis(moment)}).encode()
+    assert customer_total(name, cents, count, moment) == expected
+
+
+@given(st.datetimes(min_value=datetime(1000, 1, 1), timezones=st.timezones()))
+def test_a_moment_is_written_in_utc_to_the_millisecond(moment):
+    from shopmesh.invoices import iso_millis
+
+    written = iso_millis(moment)
+    utc = moment.astimezone(UTC)
+    assert written == utc.strftime("%Y-%m-%dT%H:%M:%S.") + f"{utc.microsecond // 1000:03d}Z"
+    assert datetime.fromisoformat(written.replace("Z", "+00:00")) == utc.replace(microsecond=utc.microsecond // 1000 * 1000)
+
+
+@given(st.sampled_from(["utf-16", "utf-16-le", "utf-32", "utf-8-sig"]))
+def test_an_invoice_in_any_json_encoding_is_read_as_json_loads_reads_it(encoding):
+    text = '{"invoice_id": "i", "customer_name": "C", "amount": 1.5, "issued_at": "2026-11-30T11:00:00Z"}'
+    assert parse(text.encode(encoding), now=NOW).amount_cents == 150
