@@ -175,3 +175,27 @@ def test_a_moment_is_written_in_utc_to_the_millisecond(moment):
 def test_an_invoice_in_any_json_encoding_is_read_as_json_loads_reads_it(encoding):
     text = '{"invoice_id": "i", "customer_name": "C", "amount": 1.5, "issued_at": "2026-11-30T11:00:00Z"}'
     assert parse(text.encode(encoding), now=NOW).amount_cents == 150
+
+
+def test_a_snapshot_of_a_running_total_does_not_change_with_it():
+    import copy
+
+    total = RunningTotal()
+    total.add(ParsedInvoice("a", "C", 100, NOW))
+    kept = copy.deepcopy(total)
+    total.add(ParsedInvoice("b", "C", 50, NOW + timedelta(seconds=1)))
+    assert (kept.total_cents, kept.count, kept.updated_at, list(kept.recent_ids)) == (100, 1, NOW, ["a"])
+    assert (total.total_cents, total.count, list(total.recent_ids)) == (150, 2, ["a", "b"])
+
+
+@given(st.binary(max_size=64))
+def test_the_encoding_of_a_message_is_the_one_json_loads_would_take(raw):
+    try:
+        expected = json.loads(raw)
+    except (ValueError, RecursionError):
+        expected = None
+    try:
+        parse(raw, now=NOW)
+    except BadInvoice as reason:
+        # Bytes json.loads reads are never refused as not JSON.
+        assert expected is None or not str(reason).startswith("not JSON"), (raw, reason)
