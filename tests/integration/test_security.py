@@ -8,11 +8,15 @@ import json
 import time
 import uuid
 
+import grpc
 import httpx
 import pytest
 from keycloak import KeycloakOpenID
 
 from shopmesh import realm
+from shopmesh.auth import LEEWAY
+from shopmesh.inventory.v1 import inventory_service_pb2 as inventory
+from shopmesh.inventory.v1 import inventory_service_pb2_grpc as inventory_grpc
 from tests.auth import SERVICE_ACCOUNT, Bearer
 from tests.conftest import shopmesh
 
@@ -322,3 +326,38 @@ def test_the_keycloak_admin_password_is_in_no_configuration_file(mesh):
     written = [path for path in (mesh.var_dir / "run").rglob("*") if path.is_file()
                and mesh.keycloak_admin_password.encode() in path.read_bytes()]
     assert written == []
+
+
+def test_a_token_the_gateway_and_a_service_have_cached_is_refused_once_it_expires(mesh):
+    """Envoy's JWT cache and the services' verified tokens serve a token until it expires, and no longer."""
+    keycloak = realm.admin(mesh)
+    client_id = keycloak.get_client_id(realm.GATEWAY_CLIENT)
+    keycloak.update_client(client_id, {"attributes": {"access.token.lifespan": "8"}})
+    try:
+        token = realm.token(mesh, "mesh-admin")["access_token"]
+    finally:
+        keycloak.update_client(client_id, {"attributes": {"access.token.lifespan": ""}})  # the realm's default
+    expires = json.loads(base64.urlsafe_b64decode(token.split(".")[1] + "==="))["exp"]
+    headers = {"authorization": f"Bearer {token}"}
+    channel = grpc.insecure_channel(f"{mesh.host}:{mesh.inventory_service_port}")
+    products = inventory_grpc.InventoryServiceStub(channel)
+
+    def through_gateway() -> int:
+        return httpx.get(f"{mesh.gateway_url}/v1/products", headers=headers, timeout=10).status_code
+
+    def straight() -> grpc.StatusCode:
+        try:
+            products.ListProducts(inventory.ListProductsRequest(), metadata=tuple(headers.items()), timeout=10)
+            return grpc.StatusCode.OK
+        except grpc.RpcError as error:
+            return error.code()
+
+    try:
+        assert (through_gateway(), through_gateway(), straight(), straight()) == (200, 200, grpc.StatusCode.OK,
+                                                                                  grpc.StatusCode.OK)
+        # Past its expiry and the clock leeway both allow (5 s), the same token is refused by both.
+        time.sleep(max(0.0, expires + LEEWAY + 1 - time.time()))
+        assert (through_gateway(), straight()) == (401, grpc.StatusCode.UNAUTHENTICATED)
+    finally:
+        channel.close()
+    assert realm.token(mesh, "mesh-admin")["expires_in"] > 8, "the gateway client's token lifespan was not restored"
