@@ -2,21 +2,21 @@
 
 Writes run in a worker thread, as ORM sessions (run) or, on the hot paths, Core statements (write); on SQLite
 in one thread per process, as SQLite has one writer at a time and threads that race for its lock wait in its
-busy handler's sleeps. Reads run as SQLAlchemy Core statements on a connection of their own: on SQLite (a local file in WAL mode, where a reader never waits for a writer) right on the event
-loop, on one long-lived read-only connection, which saves the thread hop, the pool checkout and the ORM's unit
-of work, most of a primary-key read's cost (about 600 µs down to 35 µs); on a server database in a worker
-thread, as the network round trip must not block the loop. (pysqlite begins no transaction for a SELECT, so
-each read on the long-lived connection sees what was committed before it.)"""
+busy handler's sleeps. Reads run as Core statements on a connection of their own: on SQLite (a local file in
+WAL mode, where a reader never waits for a writer) right on the event loop, over one long-lived read-only
+connection, which saves the thread hop, the pool checkout and the ORM's unit of work, most of a primary-key
+read's cost (about 600 µs down to 35 µs); on a server database in a worker thread, as the network round trip
+must not block the loop. (pysqlite begins no transaction for a SELECT, so each read on the long-lived
+connection sees what was committed before it.)"""
 
 from __future__ import annotations
 
 import asyncio
-from concurrent.futures import ThreadPoolExecutor
+import logging
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
-
-import logging
 
 from sqlalchemy import Connection, Engine, Index, MetaData, create_engine, event
 from sqlalchemy.exc import IntegrityError
@@ -69,7 +69,7 @@ def make_engine(url: str, read_only: bool = False) -> Engine:
 
 
 class Database:
-    """The schema created on first start, and sessions run off the event loop."""
+    """The schema created on first start; writes off the event loop, reads as this module says."""
 
     def __init__(self, url: str, metadata: MetaData, indexes: tuple[Index, ...] = ()) -> None:
         self.engine = make_engine(url)

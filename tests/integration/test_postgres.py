@@ -13,15 +13,19 @@ import uuid
 from pathlib import Path
 
 import grpc
+import httpx
 import pytest
 
 from shopmesh import health, install
+from shopmesh.billing.v1 import billing_service_pb2 as billing
+from shopmesh.billing.v1 import billing_service_pb2_grpc as billing_grpc
 from shopmesh.customer.v1 import customer_service_pb2 as customer
 from shopmesh.customer.v1 import customer_service_pb2_grpc as customer_grpc
 from shopmesh.inventory.v1 import inventory_service_pb2 as inventory
 from shopmesh.inventory.v1 import inventory_service_pb2_grpc as inventory_grpc
 from shopmesh.stack import free_port
-from tests.auth import SERVICE_ACCOUNT, authorized_channel
+from tests.auth import SERVICE_ACCOUNT, Bearer, authorized_channel
+from tests.conftest import wait_for
 
 POSTGRES_BIN = "/usr/lib/postgresql/*/bin"
 
@@ -115,3 +119,26 @@ def test_stock_is_reserved_atomically_in_postgresql(service_on_postgres):
             inventory.StockLine(product_id=product.id, quantity=2)]), timeout=10)
     assert short.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert admin.GetProduct(inventory.GetProductRequest(id=product.id), timeout=10).quantity == 1
+
+
+def _psql(postgres_url: str, query: str) -> str:
+    return subprocess.run(["psql", postgres_url.replace("+psycopg", ""), "-tAc", query],
+                          capture_output=True, text=True, check=True).stdout.strip()
+
+
+def test_bills_are_stored_in_postgresql_and_their_events_published(service_on_postgres, postgres_url, mesh, tokens):
+    with httpx.Client(base_url=mesh.gateway_url, auth=Bearer(tokens), timeout=30) as api:
+        buyer = api.post("/v1/customers", json={"name": "PG Buyer",
+                                                "email": f"{uuid.uuid4().hex[:10]}@example.com"}).json()
+        product = api.post("/v1/products", json={"name": "pg item", "price": "4.10", "quantity": 10}).json()
+    (channel,) = service_on_postgres("billing", "billing-manager")
+    bills = billing_grpc.BillingServiceStub(channel)
+    made = bills.CreateBill(billing.CreateBillRequest(customer_id=buyer["id"], items=[
+        billing.CreateBillRequest.Item(product_id=product["id"], quantity=3)]), timeout=10)
+    assert (made.total, [item.amount for item in made.items]) == ("12.30", ["12.30"])
+    assert bills.GetBill(billing.GetBillRequest(id=made.id), timeout=10) == made
+    assert list(bills.ListBills(billing.ListBillsRequest(customer_id=buyer["id"]), timeout=10).bills) == [made]
+    assert _psql(postgres_url, f"select total_cents from bills where id = '{made.id}'") == "1230"
+    # The bill's invoice event went through PostgreSQL's outbox to Kafka.
+    wait_for(lambda: _psql(postgres_url, f"select published_at is not null from outbox where invoice_id = '{made.id}'")
+             == "t", 30, "the bill's event to be published")
