@@ -113,6 +113,15 @@ def instance_ports(settings: Settings, service: str) -> list[int]:
     return [settings.listen_port(f"{service}_service_port"), *extra]
 
 
+def instance_program(service: str, instance: int) -> str:
+    """The supervisord program of a service's instance: customer-service, customer-service-2, …"""
+    return f"{service}-service" if instance == 1 else f"{service}-service-{instance}"
+
+
+def instance_programs(settings: Settings, service: str) -> list[str]:
+    return [instance_program(service, number) for number in range(1, len(instance_ports(settings, service)) + 1)]
+
+
 def plan_instances(settings: Settings, scaled: dict[str, int] | None = None) -> dict[str, list[int]]:
     """Record explicit counts (from `scale`) and choose a free port for every instance that has none yet; the
     ports are kept, so an instance keeps its port across restarts. Returns each service's ports."""
@@ -158,7 +167,7 @@ def _control_plane(settings: Settings) -> Program:
 
 def _service(settings: Settings, name: str, instance: int, port: int) -> Program:
     consul_name = f"{name}-service"
-    program = consul_name if instance == 1 else f"{consul_name}-{instance}"
+    program = instance_program(name, instance)
     requires = ("consul", "customer-service", "inventory-service") if name == "billing" else ("consul",)
     return Program(
         ProgramSpec(program, [sys.executable, "-m", f"services.{name}"], {"SHOPMESH_INSTANCE_PORT": str(port)},

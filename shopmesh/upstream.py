@@ -33,7 +33,7 @@ class Upstream:
         self.endpoints = Endpoints(settings, consul_name)
         self.channels = Channels()
         self.stub_class = stub_class
-        self._stubs: dict[str, tuple[object, object]] = {}
+        self._stubs: dict[str, object] = {}
 
     def start(self) -> None:
         self.endpoints.start()
@@ -41,6 +41,7 @@ class Upstream:
     async def close(self) -> None:
         await self.endpoints.stop()
         await self.channels.close()
+        self._stubs.clear()
 
     async def call(self, method: str, request, timeout: float = 5.0):
         try:
@@ -59,12 +60,10 @@ class Upstream:
             raise Unavailable(f"no service token from Keycloak to call {self.name}: {error}") from None
 
     def _stub(self, address: str):
-        """The stub of the address's channel, made once per channel."""
-        channel = self.channels.get(address)
-        stub = self._stubs.get(address)
-        if stub is None or stub[0] is not channel:
-            stub = self._stubs[address] = (channel, self.stub_class(channel))
-        return stub[1]
+        """The stub of the address's channel (kept until close), made once."""
+        if address not in self._stubs:
+            self._stubs[address] = self.stub_class(self.channels.get(address))
+        return self._stubs[address]
 
     def rename_fields(self, message: str) -> str:
         """The upstream's field names in the caller's terms (by default unchanged)."""

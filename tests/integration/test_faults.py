@@ -241,11 +241,6 @@ def test_billing_killed_while_making_bills_leaks_no_stock(mesh, tokens, stock):
     assert stock.billed() > 0
 
 
-def _billing_programs(mesh) -> list[str]:
-    count = len(stack.instance_ports(mesh, "billing"))
-    return ["billing-service"] + [f"billing-service-{number}" for number in range(2, count + 1)]
-
-
 def _outbox_publisher(mesh) -> tuple[str, str]:
     """The relay holding the outbox lease, and its billing program, as the lease row and the instances' logs say
     (("", "") while none holds it)."""
@@ -253,18 +248,18 @@ def _outbox_publisher(mesh) -> tuple[str, str]:
         row = db.execute("SELECT holder FROM relay_lease WHERE name = 'outbox'").fetchone()
     if row is None:
         return "", ""
-    return row[0], next((program for program in _billing_programs(mesh)
+    return row[0], next((program for program in stack.instance_programs(mesh, "billing")
                          if f"({row[0]}) now publishes the outbox" in (mesh.log_dir / f"{program}.log").read_text()),
                         "")
 
 
 def test_bills_made_on_every_billing_instance_are_published_once_even_when_the_publisher_is_killed(mesh, tokens,
                                                                                                   stock):
-    scaled = len(_billing_programs(mesh)) < 2
+    scaled = len(stack.instance_programs(mesh, "billing")) < 2
     if scaled:  # a one-core machine runs one process per service: this test wants two
         assert shopmesh("scale", "billing-service", "2").returncode == 0
     try:
-        programs = _billing_programs(mesh)
+        programs = stack.instance_programs(mesh, "billing")
         served = {program: (mesh.log_dir / f"{program}.log").read_text().count("CreateBill OK") for program in programs}
         with httpx.Client(base_url=mesh.gateway_url, timeout=30, auth=Bearer(tokens, "billing-manager")) as client:
             bill_ids = [_bill(client, stock) for _ in range(20)]

@@ -102,8 +102,7 @@ def test_status_reports_every_part_healthy(mesh):
     status = shopmesh("status")
     assert status.returncode == 0, status.stdout + status.stderr
     lines = [line for line in status.stdout.splitlines() if line.strip()]
-    services = [f"{name}-service" + (f"-{number}" if number > 1 else "") for name in stack.SERVICES
-                for number in range(1, len(stack.instance_ports(mesh, name)) + 1)]
+    services = [program for name in stack.SERVICES for program in stack.instance_programs(mesh, name)]
     assert len(services) >= 3
     assert [line.split()[0] for line in lines] == [
         "consul", "kafka", "keycloak", "mesh-control-plane", "envoy", *services,

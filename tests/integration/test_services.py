@@ -320,12 +320,6 @@ def _passing(mesh, service: str) -> set[int]:
 
 
 
-def _programs(mesh, service: str) -> list[str]:
-    """The supervisord programs of a service's instances: customer-service, customer-service-2, …"""
-    count = len(stack.instance_ports(mesh, service))
-    return [f"{service}-service" + (f"-{number}" if number > 1 else "") for number in range(1, count + 1)]
-
-
 def _latest_instances(log, service: str) -> set[str]:
     """The addresses of the service that the log's last `<service> instances:` line names."""
     lines = [line for line in log.read_text().splitlines() if f" {service} instances: " in line]
@@ -348,7 +342,7 @@ def test_billing_spreads_over_two_customer_instances_and_drops_a_killed_one(mesh
                                   env={**os.environ, "SHOPMESH_INSTANCE_PORT": str(port)})
     try:
         wait_for(lambda: port in _passing(mesh, "customer-service"), 30, "the second instance to pass")
-        mesh_logs = [mesh.log_dir / f"{name}.log" for name in _programs(mesh, "customer")]
+        mesh_logs = [mesh.log_dir / f"{name}.log" for name in stack.instance_programs(mesh, "customer")]
         mesh_before = sum(log.read_text().count("GetCustomer OK") for log in mesh_logs)
         _bill_one(customers, products, bills)
         wait_for(lambda: log_path.read_text().count("GetCustomer OK") > 0, 10, "calls on the second instance")
