@@ -255,6 +255,10 @@ def _outbox_publisher(mesh) -> tuple[str, str]:
 
 def test_bills_made_on_every_billing_instance_are_published_once_even_when_the_publisher_is_killed(mesh, tokens,
                                                                                                   stock):
+    # The faults before this one restart Consul: its checks must have run again before bills are made.
+    wait_for(lambda: all(check["Status"] == "passing" for check in
+                         httpx.get(f"{mesh.consul_url}/v1/agent/checks", timeout=5).json().values()), 120,
+             "every check in Consul to pass again")
     scaled = len(stack.instance_programs(mesh, "billing")) < 2
     if scaled:  # a one-core machine runs one process per service: this test wants two
         assert shopmesh("scale", "billing-service", "2").returncode == 0
