@@ -22,7 +22,7 @@ COPY services/ services/
 COPY dataflows/ dataflows/
 COPY envoy/ envoy/
 # The gRPC code and Envoy's descriptor set, generated from protos/ as `shopmesh install` does natively.
-RUN python -c "from shopmesh import codegen; codegen.generate()"
+RUN python -c "from shopmesh.tooling import codegen; codegen.generate()"
 
 FROM ${PYTHON_IMAGE}
 RUN useradd --system --uid 10001 --user-group --home-dir /app --no-create-home shopmesh \

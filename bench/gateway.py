@@ -19,8 +19,8 @@ import httpx
 
 from shopmesh.customer.v1 import customer_service_pb2 as pb
 from shopmesh.customer.v1 import customer_service_pb2_grpc as pb_grpc
-from shopmesh import realm
-from shopmesh.settings import load
+from shopmesh.tooling import realm
+from shopmesh.runtime.settings import load
 
 
 def measure(make_call: Callable[[], Callable[[], None]], seconds: float, clients: int) -> tuple[float, list[float]]:

@@ -30,10 +30,10 @@ import httpx
 import psutil
 
 from services.customer.seed import CUSTOMERS
-from shopmesh import codegen, health, install, realm
-from shopmesh.stack import free_port
-from shopmesh.settings import Settings, load
-from shopmesh.supervise import Supervisor
+from shopmesh.tooling import codegen, health, install, realm
+from shopmesh.tooling.stack import free_port
+from shopmesh.runtime.settings import Settings, load
+from shopmesh.tooling.supervise import Supervisor
 
 
 #: A customer every customer database holds from its first start.

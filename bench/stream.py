@@ -29,8 +29,8 @@ from pathlib import Path
 from confluent_kafka import Consumer, Producer, TopicPartition
 
 from dataflows.invoices import EPOCH, WINDOW, window_start
-from shopmesh.invoices import Invoice, iso_millis
-from shopmesh.settings import Settings, load
+from shopmesh.runtime.invoices import Invoice, iso_millis
+from shopmesh.runtime.settings import Settings, load
 from tests.analytics import RunningDataflow, Topics, own_topics
 
 CUSTOMERS = [f"customer-{number:03d}" for number in range(100)]

@@ -5,7 +5,7 @@ of named steps. This package file stays free of Bytewax so the runtime can name 
 
 from __future__ import annotations
 
-from shopmesh.settings import Settings
+from shopmesh.runtime.settings import Settings
 
 #: dataflow -> its name in Consul (shared/CONTRACT.md)
 CONSUL_NAMES = {"totals_5s": "analytics-totals-5s", "totals_by_customer": "analytics-totals-by-customer"}

@@ -21,8 +21,8 @@ from bytewax.recovery import RecoveryConfig, init_db_dir
 from bytewax.run import cli_main
 
 from dataflows import CONSUL_NAMES, service_id, totals_5s, totals_by_customer
-from shopmesh.discovery import Registration
-from shopmesh.settings import Settings, load
+from shopmesh.runtime.discovery import Registration
+from shopmesh.runtime.settings import Settings, load
 
 log = logging.getLogger("dataflows")
 

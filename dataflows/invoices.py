@@ -9,8 +9,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 
-from shopmesh.invoices import iso_millis
-from shopmesh.money import MAX_CENTS, format_cents
+from shopmesh.runtime.invoices import iso_millis
+from shopmesh.runtime.money import MAX_CENTS, format_cents
 
 WINDOW = timedelta(seconds=5)
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)

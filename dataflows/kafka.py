@@ -14,7 +14,7 @@ from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
 
 from dataflows.invoices import BadInvoice, ParsedInvoice, dead_letter, dead_letter_key, parse
-from shopmesh.settings import Settings
+from shopmesh.runtime.settings import Settings
 
 log = logging.getLogger(__name__)
 

@@ -16,8 +16,8 @@ from bytewax.operators.windowing import fold_window
 from dataflows import kafka
 from dataflows.invoices import EPOCH, WINDOW, WindowSum, window_start, window_total
 from dataflows.windowing import KeptTumblingWindower, PartitionedEventClock
-from shopmesh.invoices import iso_millis
-from shopmesh.settings import Settings, load
+from shopmesh.runtime.invoices import iso_millis
+from shopmesh.runtime.settings import Settings, load
 
 
 def flow(settings: Settings | None = None) -> Dataflow:

@@ -12,7 +12,7 @@ from bytewax.dataflow import Dataflow
 
 from dataflows import kafka
 from dataflows.invoices import RunningTotal, customer_total
-from shopmesh.settings import Settings, load
+from shopmesh.runtime.settings import Settings, load
 
 
 def flow(settings: Settings | None = None) -> Dataflow:

@@ -1,6 +1,5 @@
-"""shopmesh: a commerce back office as a gRPC service mesh."""
+"""shopmesh: a commerce back office as a gRPC service mesh.
 
-from pathlib import Path as _Path
-
-# The code generated from protos/ (shopmesh.customer.v1, …) lives in build/generated/shopmesh: see codegen.py.
-__path__.append(str(_Path(__file__).resolve().parent.parent / "build" / "generated" / "shopmesh"))
+Two layers: shopmesh.runtime is what every process of the mesh imports (settings, errors, storage, auth,
+discovery, the gRPC server); shopmesh.tooling is the operator's (install, supervise, bring up, CLI) and is never
+imported by the runtime. shopmesh.customer, .inventory and .billing are generated from protos/ (git-ignored)."""

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from kafka.admin import KafkaAdminClient, NewTopic
 
-from shopmesh.settings import Settings
+from shopmesh.runtime.settings import Settings
 
 
 @dataclass(frozen=True)

@@ -9,8 +9,8 @@ import httpx
 
 from keycloak import KeycloakOpenID
 
-from shopmesh import realm
-from shopmesh.settings import Settings
+from shopmesh.tooling import realm
+from shopmesh.runtime.settings import Settings
 
 #: Not a person: the shopmesh-services client's service account, the only holder of MESH_SERVICE.
 SERVICE_ACCOUNT = "service-account-shopmesh-services"

@@ -12,11 +12,11 @@ from pathlib import Path
 import httpx
 import pytest
 
-from shopmesh.settings import Settings, load
-from shopmesh.supervise import Supervisor
+from shopmesh.runtime.settings import Settings, load
+from shopmesh.tooling.supervise import Supervisor
 from tests.auth import Bearer, Tokens
 
-SHOPMESH = [sys.executable, "-m", "shopmesh.cli"]
+SHOPMESH = [sys.executable, "-m", "shopmesh.tooling.cli"]
 
 
 def shopmesh(*args: str, env: dict[str, str] | None = None, timeout: float = 900) -> subprocess.CompletedProcess:

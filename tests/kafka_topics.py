@@ -7,7 +7,7 @@ import time
 
 from kafka import KafkaConsumer, TopicPartition
 
-from shopmesh.settings import Settings
+from shopmesh.runtime.settings import Settings
 
 
 def read_topic(settings: Settings, topic: str, timeout: float = 30) -> list:

@@ -28,9 +28,9 @@ from sqlalchemy.orm import Session
 from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential
 
 from services.billing.models import OutboxRow, RelayLeaseRow
-from shopmesh import invoices
-from shopmesh.db import Database
-from shopmesh.settings import Settings
+from shopmesh.runtime import invoices
+from shopmesh.runtime.db import Database
+from shopmesh.runtime.settings import Settings
 
 log = logging.getLogger(__name__)
 

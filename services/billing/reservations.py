@@ -15,8 +15,8 @@ from sqlalchemy import Connection, bindparam, delete, insert, select, update
 
 from services.billing.clients import Inventory
 from services.billing.models import PendingBillRow
-from shopmesh.db import Database
-from shopmesh.errors import ServiceError, Unavailable
+from shopmesh.runtime.db import Database
+from shopmesh.runtime.errors import ServiceError, Unavailable
 
 log = logging.getLogger(__name__)
 

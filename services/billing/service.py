@@ -14,21 +14,21 @@ from services.billing.models import Base, BillItemRow, BillRow, OutboxRow
 from services.billing.clients import Customers, Inventory
 from services.billing.outbox import OutboxRelay
 from services.billing.reservations import Reservations, store_pending
-from shopmesh.auth import ServiceToken
+from shopmesh.runtime.auth import ServiceToken
 from services.customer.seed import CUSTOMERS
 from services.inventory.seed import PRODUCTS
-from shopmesh import invoices
+from shopmesh.runtime import invoices
 from shopmesh.billing.v1 import billing_service_pb2 as pb
 from shopmesh.billing.v1 import billing_service_pb2_grpc as pb_grpc
 from shopmesh.customer.v1.customer_service_pb2 import Customer
-from shopmesh.db import Database
-from shopmesh.discovery import StatusCheck
-from shopmesh.errors import InvalidArgument, NotFound, shown
+from shopmesh.runtime.db import Database
+from shopmesh.runtime.discovery import StatusCheck
+from shopmesh.runtime.errors import InvalidArgument, NotFound, shown
 from shopmesh.inventory.v1.inventory_service_pb2 import Product
-from shopmesh.money import MAX_CENTS, format_cents, parse_cents
-from shopmesh.resources import check_id, new_id, page, product_lines
-from shopmesh.server import Service
-from shopmesh.settings import Settings
+from shopmesh.runtime.money import MAX_CENTS, format_cents, parse_cents
+from shopmesh.runtime.resources import check_id, new_id, page, product_lines
+from shopmesh.runtime.server import Service
+from shopmesh.runtime.settings import Settings
 
 log = logging.getLogger(__name__)
 

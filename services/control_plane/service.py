@@ -7,9 +7,9 @@ from envoy.service.discovery.v3 import ads_pb2, ads_pb2_grpc
 
 from services.control_plane import snapshot
 from services.control_plane.ads import AggregatedDiscovery, SnapshotCache
-from shopmesh.discovery import Endpoints, StatusCheck
-from shopmesh.server import Service
-from shopmesh.settings import Settings
+from shopmesh.runtime.discovery import Endpoints, StatusCheck
+from shopmesh.runtime.server import Service
+from shopmesh.runtime.settings import Settings
 
 #: The services Envoy routes to, by their Consul names.
 ROUTED = ("customer-service", "inventory-service", "billing-service")

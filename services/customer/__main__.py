@@ -1,4 +1,4 @@
 from services.customer.service import SERVICE
-from shopmesh.server import main
+from shopmesh.runtime.server import main
 
 main(SERVICE)

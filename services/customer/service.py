@@ -10,12 +10,12 @@ from services.customer.models import UNIQUE_EMAIL, Base, CustomerRow
 from services.customer.seed import CUSTOMERS
 from shopmesh.customer.v1 import customer_service_pb2 as pb
 from shopmesh.customer.v1 import customer_service_pb2_grpc as pb_grpc
-from shopmesh.db import Database
-from shopmesh.discovery import StatusCheck
-from shopmesh.errors import AlreadyExists, InvalidArgument, NotFound, shown
-from shopmesh.resources import check_id, check_name, fields_to_update, new_id, page, target_id
-from shopmesh.server import Service
-from shopmesh.settings import Settings
+from shopmesh.runtime.db import Database
+from shopmesh.runtime.discovery import StatusCheck
+from shopmesh.runtime.errors import AlreadyExists, InvalidArgument, NotFound, shown
+from shopmesh.runtime.resources import check_id, check_name, fields_to_update, new_id, page, target_id
+from shopmesh.runtime.server import Service
+from shopmesh.runtime.settings import Settings
 
 UPDATABLE = ("name", "email")
 #: RFC 5321's bound on an address in a mail path.

@@ -7,14 +7,14 @@ import signal
 import uuid
 from datetime import UTC, datetime
 
-from shopmesh import invoices
-from shopmesh.auth import ServiceToken
+from shopmesh.runtime import invoices
+from shopmesh.runtime.auth import ServiceToken
 from shopmesh.customer.v1 import customer_service_pb2 as customer_pb
 from shopmesh.customer.v1 import customer_service_pb2_grpc as customer_grpc
-from shopmesh.discovery import Registration
-from shopmesh.errors import ServiceError
-from shopmesh.settings import Settings, load
-from shopmesh.upstream import Upstream
+from shopmesh.runtime.discovery import Registration
+from shopmesh.runtime.errors import ServiceError
+from shopmesh.runtime.settings import Settings, load
+from shopmesh.runtime.upstream import Upstream
 
 log = logging.getLogger("facturation-producer")
 

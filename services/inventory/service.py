@@ -8,15 +8,15 @@ from sqlalchemy.orm import Session
 
 from services.inventory.models import Base, ProductRow, ReservationLineRow, ReservationRow
 from services.inventory.seed import PRODUCTS
-from shopmesh.db import Database
-from shopmesh.discovery import StatusCheck
-from shopmesh.errors import FailedPrecondition, InvalidArgument, NotFound, shown
+from shopmesh.runtime.db import Database
+from shopmesh.runtime.discovery import StatusCheck
+from shopmesh.runtime.errors import FailedPrecondition, InvalidArgument, NotFound, shown
 from shopmesh.inventory.v1 import inventory_service_pb2 as pb
 from shopmesh.inventory.v1 import inventory_service_pb2_grpc as pb_grpc
-from shopmesh.money import format_cents, parse_cents
-from shopmesh.resources import check_id, check_name, fields_to_update, new_id, page, product_lines, target_id
-from shopmesh.server import Service
-from shopmesh.settings import Settings
+from shopmesh.runtime.money import format_cents, parse_cents
+from shopmesh.runtime.resources import check_id, check_name, fields_to_update, new_id, page, product_lines, target_id
+from shopmesh.runtime.server import Service
+from shopmesh.runtime.settings import Settings
 
 UPDATABLE = ("name", "price", "quantity")
 

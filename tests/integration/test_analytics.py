@@ -20,8 +20,8 @@ from kafka import KafkaProducer
 
 from dataflows import CONSUL_NAMES
 from dataflows.invoices import EPOCH, WINDOW
-from shopmesh import invoices
-from shopmesh.settings import Settings
+from shopmesh.runtime import invoices
+from shopmesh.runtime.settings import Settings
 from tests.analytics import RunningDataflow, Topics, own_topics, stopped_at_the_end
 from tests.conftest import shopmesh, wait_for
 from tests.kafka_topics import read_topic

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from shopmesh import gateway, install
-from shopmesh.settings import PROJECT_ROOT, Settings, load
+from shopmesh.tooling import gateway, install
+from shopmesh.runtime.settings import PROJECT_ROOT, Settings, load
 
 COMPOSE_FILE = PROJECT_ROOT / "docker-compose.yml"
 DOCKERFILE = PROJECT_ROOT / "Dockerfile"

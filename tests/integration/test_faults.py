@@ -19,10 +19,11 @@ import httpx
 import pytest
 from kafka.errors import KafkaError
 
-from shopmesh import health, invoices, stack
+from shopmesh.runtime import invoices
+from shopmesh.tooling import health, stack
 from shopmesh.billing.v1 import billing_service_pb2 as billing
 from shopmesh.billing.v1 import billing_service_pb2_grpc as billing_grpc
-from shopmesh.supervise import Supervisor
+from shopmesh.tooling.supervise import Supervisor
 from tests.auth import Bearer, authorized_channel
 from tests.conftest import shopmesh, wait_for
 from tests.kafka_topics import invoice_ids, read_topic

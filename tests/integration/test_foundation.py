@@ -15,8 +15,8 @@ import pytest
 from kafka import KafkaConsumer, KafkaProducer
 from kafka.admin import KafkaAdminClient, NewTopic
 
-from shopmesh import install, stack
-from shopmesh.supervise import Supervisor
+from shopmesh.tooling import install, stack
+from shopmesh.tooling.supervise import Supervisor
 from tests.conftest import SHOPMESH, shopmesh
 
 

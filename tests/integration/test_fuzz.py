@@ -10,7 +10,7 @@ from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import (content_type_conformance, response_schema_conformance,
                                                status_code_conformance)
 
-from shopmesh.codegen import OPENAPI
+from shopmesh.tooling.codegen import OPENAPI
 
 schema = schemathesis.openapi.from_path(OPENAPI)
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]

@@ -12,9 +12,9 @@ import time
 import httpx
 import pytest
 
-from shopmesh.codegen import DESCRIPTOR_SET
-from shopmesh.stack import free_port
-from shopmesh.supervise import Supervisor
+from shopmesh.tooling.codegen import DESCRIPTOR_SET
+from shopmesh.tooling.stack import free_port
+from shopmesh.tooling.supervise import Supervisor
 from tests.conftest import email, shopmesh, wait_for
 from tests.load import GetLoop
 

@@ -16,14 +16,14 @@ import grpc
 import httpx
 import pytest
 
-from shopmesh import health, install
+from shopmesh.tooling import health, install
 from shopmesh.billing.v1 import billing_service_pb2 as billing
 from shopmesh.billing.v1 import billing_service_pb2_grpc as billing_grpc
 from shopmesh.customer.v1 import customer_service_pb2 as customer
 from shopmesh.customer.v1 import customer_service_pb2_grpc as customer_grpc
 from shopmesh.inventory.v1 import inventory_service_pb2 as inventory
 from shopmesh.inventory.v1 import inventory_service_pb2_grpc as inventory_grpc
-from shopmesh.stack import free_port
+from shopmesh.tooling.stack import free_port
 from tests.auth import SERVICE_ACCOUNT, Bearer, authorized_channel
 from tests.conftest import wait_for
 

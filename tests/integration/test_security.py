@@ -13,8 +13,8 @@ import httpx
 import pytest
 from keycloak import KeycloakOpenID
 
-from shopmesh import realm
-from shopmesh.auth import LEEWAY
+from shopmesh.tooling import realm
+from shopmesh.runtime.auth import LEEWAY
 from shopmesh.inventory.v1 import inventory_service_pb2 as inventory
 from shopmesh.inventory.v1 import inventory_service_pb2_grpc as inventory_grpc
 from tests.auth import SERVICE_ACCOUNT, Bearer

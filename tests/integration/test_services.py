@@ -19,8 +19,8 @@ from shopmesh.customer.v1 import customer_service_pb2 as customer
 from shopmesh.customer.v1 import customer_service_pb2_grpc as customer_grpc
 from shopmesh.inventory.v1 import inventory_service_pb2 as inventory
 from shopmesh.inventory.v1 import inventory_service_pb2_grpc as inventory_grpc
-from shopmesh import stack
-from shopmesh.stack import free_port
+from shopmesh.tooling import stack
+from shopmesh.tooling.stack import free_port
 from tests.auth import authorized_channel
 from tests.conftest import shopmesh, wait_for
 

@@ -10,8 +10,9 @@ from decimal import Decimal
 import httpx
 from kafka.admin import KafkaAdminClient
 
-from shopmesh import health, invoices
-from shopmesh.supervise import Supervisor
+from shopmesh.runtime import invoices
+from shopmesh.tooling import health
+from shopmesh.tooling.supervise import Supervisor
 from tests.conftest import wait_for
 from tests.kafka_topics import invoice_ids, read_topic
 

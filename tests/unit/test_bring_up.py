@@ -6,9 +6,9 @@ import re
 
 import pytest
 
-from shopmesh.settings import Settings
-from shopmesh.stack import SERVICES, BringUp, Program, StackError, instance_ports, plan_instances
-from shopmesh.supervise import ProgramSpec, owner_only, render_config
+from shopmesh.runtime.settings import Settings
+from shopmesh.tooling.stack import SERVICES, BringUp, Program, StackError, instance_ports, plan_instances
+from shopmesh.tooling.supervise import ProgramSpec, owner_only, render_config
 
 
 class Processes:

@@ -11,8 +11,8 @@ from services.billing import outbox
 from services.billing.models import Base as BillingBase
 from services.billing.models import RelayLeaseRow
 from services.customer.models import Base, CustomerRow
-from shopmesh.db import Database
-from shopmesh.settings import Settings
+from shopmesh.runtime.db import Database
+from shopmesh.runtime.settings import Settings
 
 CUSTOMERS = CustomerRow.__table__
 

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from dataflows.invoices import (EPOCH, MAX_DEAD_LETTER_RAW, BadInvoice, ParsedInvoice, RunningTotal, WindowSum,
                                 customer_total, dead_letter, dead_letter_key, parse, window_total)
-from shopmesh.money import MAX_CENTS
+from shopmesh.runtime.money import MAX_CENTS
 
 NOW = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
 #: A Kafka record the broker takes by default is at most about 1 MB; dead letters stay far below.
@@ -153,8 +153,8 @@ def test_a_dead_letter_of_any_message_is_bounded_json(raw, key):
 @given(st.text(max_size=200), st.integers(0, MAX_CENTS - 1), st.integers(0, 10**9),
        st.datetimes(min_value=datetime(1970, 1, 1), timezones=st.just(UTC)))
 def test_a_customer_total_is_the_json_of_its_fields_byte_for_byte(name, cents, count, moment):
-    from shopmesh.invoices import iso_millis
-    from shopmesh.money import format_cents
+    from shopmesh.runtime.invoices import iso_millis
+    from shopmesh.runtime.money import format_cents
 
     expected = json.dumps({"customer_name": name, "total": format_cents(cents), "count": count,
                            "updated_at": iso_millis(moment)}).encode()
@@ -163,7 +163,7 @@ def test_a_customer_total_is_the_json_of_its_fields_byte_for_byte(name, cents, c
 
 @given(st.datetimes(min_value=datetime(1000, 1, 1), timezones=st.timezones()))
 def test_a_moment_is_written_in_utc_to_the_millisecond(moment):
-    from shopmesh.invoices import iso_millis
+    from shopmesh.runtime.invoices import iso_millis
 
     written = iso_millis(moment)
     utc = moment.astimezone(UTC)

@@ -1,6 +1,6 @@
 """Which instances of a service take traffic, from Consul's health entries."""
 
-from shopmesh.discovery import usable_addresses
+from shopmesh.runtime.discovery import usable_addresses
 
 
 def _entry(port: int, *checks: tuple[str, str]) -> dict:
@@ -30,8 +30,8 @@ def test_a_known_instance_whose_check_ran_and_failed_is_dropped():
 
 
 def _endpoints():
-    from shopmesh.discovery import Endpoints
-    from shopmesh.settings import Settings
+    from shopmesh.runtime.discovery import Endpoints
+    from shopmesh.runtime.settings import Settings
 
     return Endpoints(Settings(), "inventory-service")
 
@@ -46,7 +46,7 @@ def test_an_instance_missing_for_a_moment_while_consul_restarts_is_kept_when_it_
 
 
 def test_an_instance_unseen_for_longer_than_the_memory_waits_for_its_check():
-    from shopmesh.discovery import RECENT_SECONDS
+    from shopmesh.runtime.discovery import RECENT_SECONDS
 
     endpoints = _endpoints()
     endpoints.update([_entry(1, ("passing", "ok")), _entry(2, ("passing", "ok"))], now=100.0)

@@ -10,10 +10,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from shopmesh import paging
-from shopmesh.errors import QUOTED_CHARACTERS, InvalidArgument, shown
-from shopmesh.money import MAX_CENTS, format_cents, parse_cents
-from shopmesh.resources import MAX_ID, check_id, check_name, target_id
+from shopmesh.runtime import paging
+from shopmesh.runtime.errors import QUOTED_CHARACTERS, InvalidArgument, shown
+from shopmesh.runtime.money import MAX_CENTS, format_cents, parse_cents
+from shopmesh.runtime.resources import MAX_ID, check_id, check_name, target_id
 
 #: An error message quotes at most QUOTED_CHARACTERS of the input, plus a fixed text around it.
 MESSAGE_BOUND = 4 * QUOTED_CHARACTERS + 200

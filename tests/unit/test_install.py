@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from shopmesh.install import MARKER, Component, InstallError, ensure, installed_path
+from shopmesh.tooling.install import MARKER, Component, InstallError, ensure, installed_path
 
 
 def _component(build, version: str = "1.0") -> Component:
@@ -78,7 +78,7 @@ def test_an_install_killed_mid_build_is_cleaned_up_by_the_next_one(tmp_path):
     script = textwrap.dedent(f"""
         import time
         from pathlib import Path
-        from shopmesh.install import Component, ensure
+        from shopmesh.tooling.install import Component, ensure
         def build(home):
             (home / "half-written").write_text("x")
             Path({str(started)!r}).touch()

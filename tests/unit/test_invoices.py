@@ -3,7 +3,7 @@
 import json
 from datetime import UTC, datetime, timedelta, timezone
 
-from shopmesh.invoices import Invoice, iso_millis
+from shopmesh.runtime.invoices import Invoice, iso_millis
 
 
 def test_an_invoice_is_the_contract_json_with_an_exact_amount():

@@ -4,13 +4,13 @@ import pytest
 from google.protobuf.field_mask_pb2 import FieldMask
 
 from services.billing.service import bill_lines, new_bill
-from shopmesh import paging
+from shopmesh.runtime import paging
 from shopmesh.billing.v1 import billing_service_pb2 as billing
 from shopmesh.customer.v1.customer_service_pb2 import Customer
-from shopmesh.errors import InvalidArgument
+from shopmesh.runtime.errors import InvalidArgument
 from shopmesh.inventory.v1.inventory_service_pb2 import Product
-from shopmesh.money import format_cents, parse_cents
-from shopmesh.resources import fields_to_update
+from shopmesh.runtime.money import format_cents, parse_cents
+from shopmesh.runtime.resources import fields_to_update
 
 
 @pytest.mark.parametrize("text, cents", [("0", 0), ("0.1", 10), ("12.5", 1250), ("1299.99", 129999),

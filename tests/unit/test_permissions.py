@@ -8,8 +8,8 @@ import grpc
 import jwt
 import pytest
 
-from shopmesh import permissions
-from shopmesh.auth import Authorization
+from shopmesh.runtime import permissions
+from shopmesh.runtime.auth import Authorization
 
 CUSTOMERS = "/shopmesh.customer.v1.CustomerService/"
 BILLS = "/shopmesh.billing.v1.BillingService/"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import socket
 
-from shopmesh.settings import Settings
+from shopmesh.runtime.settings import Settings
 
 
 def test_natively_every_part_is_reached_at_the_address_processes_bind():

@@ -1,6 +1,6 @@
 """The cache of verified tokens: bounded, and never serving a token past its expiry."""
 
-from shopmesh.auth import LEEWAY, VerifiedTokens
+from shopmesh.runtime.auth import LEEWAY, VerifiedTokens
 
 
 class Clock:

@@ -15,10 +15,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
-from shopmesh.auth import Authorization, TokenVerifier
-from shopmesh.discovery import Registration, StatusCheck
-from shopmesh.errors import ErrorMapping
-from shopmesh.settings import Settings, load
+from shopmesh.runtime.auth import Authorization, TokenVerifier
+from shopmesh.runtime.discovery import Registration, StatusCheck
+from shopmesh.runtime.errors import ErrorMapping
+from shopmesh.runtime.settings import Settings, load
 
 log = logging.getLogger(__name__)
 

@@ -17,9 +17,10 @@ from kafka.errors import KafkaError
 from keycloak.exceptions import KeycloakError
 from rich.console import Console
 
-from shopmesh import codegen, gateway, health, install, invoices, realm, stack, watch
-from shopmesh.settings import Settings, load
-from shopmesh.supervise import UMASK, Supervisor
+from shopmesh.runtime import invoices
+from shopmesh.tooling import codegen, gateway, health, install, realm, stack, watch
+from shopmesh.runtime.settings import Settings, load
+from shopmesh.tooling.supervise import UMASK, Supervisor
 
 #: Wide enough for the longest part's name, analytics-totals-by-customer.
 NAME_WIDTH = 29

@@ -18,10 +18,11 @@ import consul
 import psutil
 
 from dataflows import CONSUL_NAMES, service_id
-from shopmesh import codegen, gateway, health, invoices, realm
-from shopmesh.install import Installed, java_for, java_home_for_keycloak
-from shopmesh.settings import PROJECT_ROOT, Settings
-from shopmesh.supervise import ProgramSpec, Supervisor
+from shopmesh.runtime import invoices
+from shopmesh.tooling import codegen, gateway, health, realm
+from shopmesh.tooling.install import Installed, java_for, java_home_for_keycloak
+from shopmesh.runtime.settings import PROJECT_ROOT, Settings
+from shopmesh.tooling.supervise import ProgramSpec, Supervisor
 
 
 class StackError(RuntimeError):

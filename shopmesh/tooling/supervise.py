@@ -17,7 +17,7 @@ from pathlib import Path
 import psutil
 from supervisor.xmlrpc import SupervisorTransport
 
-from shopmesh.settings import PROJECT_ROOT, Settings
+from shopmesh.runtime.settings import PROJECT_ROOT, Settings
 
 
 #: State and secrets under var/ are readable by their owner only: every file the mesh's processes create is made

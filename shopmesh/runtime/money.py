@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from shopmesh.errors import InvalidArgument, shown
+from shopmesh.runtime.errors import InvalidArgument, shown
 
 #: Upper bound of one price or amount: enough for a shop, far from int64's limit in any sum.
 MAX_CENTS = 10**13

@@ -1,8 +1,9 @@
 """Generates the Python gRPC code and the descriptor set (for Envoy's transcoder) from protos/.
 
-The output goes to build/generated/ (git-ignored), the one place every process imports it from; the
-shopmesh package puts build/generated/shopmesh on its own search path, so the generated modules import as
-shopmesh.<service>.v1.<file>_pb2.
+The Python modules go into the shopmesh package itself, one git-ignored package per proto package
+(shopmesh/customer/v1/customer_service_pb2.py, with its .pyi stubs), so that they import as
+shopmesh.<service>.v1.<file>_pb2 and editors and type checkers see them like any module. The descriptor set goes
+to build/generated/shopmesh.pb.
 """
 
 from __future__ import annotations
@@ -16,11 +17,11 @@ from pathlib import Path
 import yaml
 from grpc_tools import protoc
 
-from shopmesh.settings import PROJECT_ROOT
+from shopmesh.runtime.settings import PROJECT_ROOT
 
 PROTOS = PROJECT_ROOT / "protos"
-GENERATED = PROJECT_ROOT / "build" / "generated"
-DESCRIPTOR_SET = GENERATED / "shopmesh.pb"
+BUILD = PROJECT_ROOT / "build"
+DESCRIPTOR_SET = BUILD / "generated" / "shopmesh.pb"
 #: The REST API's OpenAPI 3 description, generated from the google.api.http annotations and kept in the repo
 #: so that it can be read without building anything.
 OPENAPI = PROTOS / "openapi.yaml"
@@ -34,6 +35,11 @@ def proto_files() -> list[Path]:
     return sorted(PROTOS.rglob("*.proto"))
 
 
+def generated_packages() -> list[str]:
+    """The packages generated into shopmesh/: one per folder under protos/shopmesh/ (customer, inventory, …)."""
+    return sorted(folder.name for folder in (PROTOS / "shopmesh").iterdir() if folder.is_dir())
+
+
 def _include_paths() -> list[str]:
     # google/api/*.proto from googleapis-common-protos, google/protobuf/*.proto from grpcio-tools.
     googleapis = Path(resources.files("google.api").joinpath("annotations.proto")).parent.parent.parent
@@ -41,30 +47,47 @@ def _include_paths() -> list[str]:
     return [str(PROTOS), str(googleapis), str(well_known)]
 
 
-def generate(out: Path = GENERATED) -> Path:
-    """Write *_pb2.py, *_pb2.pyi, *_pb2_grpc.py and the descriptor set into out, replacing what was there."""
-    # Staged beside out, never in $TMPDIR: the rename into place must not cross file systems (a /tmp on tmpfs).
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix="generated-", dir=out.parent))
+def generate(root: Path = PROJECT_ROOT) -> Path:
+    """Write *_pb2.py, *_pb2.pyi and *_pb2_grpc.py into root/shopmesh/<package>/ and the descriptor set to
+    root/build/generated/, replacing what was there; return root."""
+    # Staged under build/, never in $TMPDIR: the renames into place must not cross file systems (a /tmp on tmpfs).
+    (root / "build").mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix="generating-", dir=root / "build"))
     try:
         _protoc(f"--python_out={staging}", f"--pyi_out={staging}", f"--grpc_python_out={staging}",
                 f"--descriptor_set_out={staging / DESCRIPTOR_SET.name}", "--include_imports", "--include_source_info")
-        for package in staging.rglob("*"):
-            if package.is_dir() and package != staging / "shopmesh":
+        for package in (staging / "shopmesh").rglob("*"):
+            if package.is_dir():
                 (package / "__init__.py").touch()
-        if out.exists():
-            shutil.rmtree(out)
-        staging.rename(out)
+        for name in generated_packages():
+            target = root / "shopmesh" / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if target.exists():
+                shutil.rmtree(target)
+            (staging / "shopmesh" / name).rename(target)
+        descriptor_set = root / DESCRIPTOR_SET.relative_to(PROJECT_ROOT)
+        descriptor_set.parent.mkdir(parents=True, exist_ok=True)
+        (staging / DESCRIPTOR_SET.name).replace(descriptor_set)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return out
+    return root
 
 
-def stale_files(out: Path = GENERATED) -> list[str]:
-    """Files of out that differ from what protos/ generates now (missing, changed or extra)."""
+def stale_files(root: Path = PROJECT_ROOT) -> list[str]:
+    """Generated files under root that differ from what protos/ generates now (missing, changed or extra)."""
     with tempfile.TemporaryDirectory() as scratch:
-        fresh = generate(Path(scratch) / "generated")
-        return _differences(filecmp.dircmp(fresh, out)) if out.exists() else [str(out)]
+        fresh = generate(Path(scratch))
+        stale = []
+        for name in generated_packages():
+            if not (root / "shopmesh" / name).exists():
+                stale.append(f"shopmesh/{name}")
+                continue
+            stale.extend(_differences(filecmp.dircmp(fresh / "shopmesh" / name, root / "shopmesh" / name)))
+        descriptor_set = DESCRIPTOR_SET.relative_to(PROJECT_ROOT)
+        if not (root / descriptor_set).exists() or not filecmp.cmp(fresh / descriptor_set, root / descriptor_set,
+                                                                   shallow=False):
+            stale.append(DESCRIPTOR_SET.name)
+        return stale
 
 
 def _differences(comparison: filecmp.dircmp) -> list[str]:

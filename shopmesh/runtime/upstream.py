@@ -7,10 +7,10 @@ import grpc
 from keycloak.exceptions import KeycloakError
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential
 
-from shopmesh.auth import ServiceToken
-from shopmesh.discovery import Channels, Endpoints
-from shopmesh.errors import FailedPrecondition, InvalidArgument, NotFound, ServiceError, Unavailable
-from shopmesh.settings import Settings
+from shopmesh.runtime.auth import ServiceToken
+from shopmesh.runtime.discovery import Channels, Endpoints
+from shopmesh.runtime.errors import FailedPrecondition, InvalidArgument, NotFound, ServiceError, Unavailable
+from shopmesh.runtime.settings import Settings
 
 _PASSED_ON = {
     grpc.StatusCode.NOT_FOUND: NotFound,

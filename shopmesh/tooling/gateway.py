@@ -8,8 +8,9 @@ import shutil
 import string
 from pathlib import Path
 
-from shopmesh import codegen, permissions
-from shopmesh.settings import PROJECT_ROOT, Settings
+from shopmesh.runtime import permissions
+from shopmesh.tooling import codegen
+from shopmesh.runtime.settings import PROJECT_ROOT, Settings
 
 TEMPLATE = PROJECT_ROOT / "envoy" / "bootstrap.yaml"
 

@@ -14,7 +14,7 @@ from rich.console import Group
 from rich.live import Live
 from rich.table import Table
 
-from shopmesh.settings import Settings
+from shopmesh.runtime.settings import Settings
 
 
 @dataclass

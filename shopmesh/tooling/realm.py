@@ -10,7 +10,7 @@ from pathlib import Path
 
 from keycloak import KeycloakAdmin, KeycloakOpenID
 
-from shopmesh.settings import PROJECT_ROOT, Settings
+from shopmesh.runtime.settings import PROJECT_ROOT, Settings
 
 REALM_FILE = PROJECT_ROOT / "keycloak" / "shopmesh-realm.json"
 REALM = "shopmesh"

@@ -9,8 +9,8 @@ from google.protobuf.field_mask_pb2 import FieldMask
 from google.protobuf.message import Message
 from sqlalchemy import ColumnElement, Connection, Row, Select
 
-from shopmesh import paging
-from shopmesh.errors import InvalidArgument, shown
+from shopmesh.runtime import paging
+from shopmesh.runtime.errors import InvalidArgument, shown
 
 #: The bounds of client input that the protos document. Each keeps stored rows, answers and error messages
 #: small, whatever a client sends.

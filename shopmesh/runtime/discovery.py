@@ -14,8 +14,8 @@ import consul
 import consul.aio
 import grpc
 
-from shopmesh.errors import Unavailable
-from shopmesh.settings import Settings
+from shopmesh.runtime.errors import Unavailable
+from shopmesh.runtime.settings import Settings
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from kafka import KafkaAdminClient
 from kafka.errors import KafkaError
 
-from shopmesh.settings import Settings
+from shopmesh.runtime.settings import Settings
 
 _TIMEOUT = httpx.Timeout(2.0)
 

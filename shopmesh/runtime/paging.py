@@ -6,7 +6,7 @@ import base64
 import binascii
 import re
 
-from shopmesh.errors import InvalidArgument
+from shopmesh.runtime.errors import InvalidArgument
 
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 1000

@@ -14,8 +14,8 @@ from kafka import KafkaProducer
 from kafka.admin import KafkaAdminClient, NewTopic
 from kafka.errors import TopicAlreadyExistsError
 
-from shopmesh.money import format_cents
-from shopmesh.settings import Settings
+from shopmesh.runtime.money import format_cents
+from shopmesh.runtime.settings import Settings
 
 log = logging.getLogger(__name__)
 

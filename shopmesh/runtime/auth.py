@@ -13,8 +13,8 @@ import jwt
 from grpc.aio import ServerInterceptor
 from keycloak import KeycloakOpenID
 
-from shopmesh.permissions import allowed, is_open
-from shopmesh.settings import Settings
+from shopmesh.runtime.permissions import allowed, is_open
+from shopmesh.runtime.settings import Settings
 
 log = logging.getLogger(__name__)
 

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from filelock import FileLock
 
-from shopmesh.settings import PROJECT_ROOT, Settings
+from shopmesh.runtime.settings import PROJECT_ROOT, Settings
 
 MARKER = ".shopmesh-complete"
 

@@ -1,0 +1,1 @@
+"""What every process of the mesh imports: settings, errors, storage, auth, discovery, the gRPC server."""
