@@ -29,9 +29,9 @@ from pathlib import Path
 import httpx
 import psutil
 
-from services.customer.seed import CUSTOMERS
+from services.seeds import CUSTOMERS
 from shopmesh.tooling import codegen, health, install, realm
-from shopmesh.tooling.stack import free_port
+from shopmesh.tooling.instances import free_port
 from shopmesh.runtime.settings import Settings, load
 from shopmesh.tooling.supervise import Supervisor
 
@@ -212,7 +212,7 @@ def main() -> None:
 def _on_database(args, settings: Settings, binary: Path, token: str) -> None:
     """GetCustomer and ListCustomers on a customer-service process of the given database (seeded on start)."""
     port = free_port(settings.host)
-    env = {**os.environ, "SHOPMESH_INSTANCE_PORT": str(port), "SHOPMESH_CUSTOMER_DATABASE_URL": args.database_url,
+    env = {**os.environ, "SHOPMESH_INSTANCE_PORT": str(port), "SHOPMESH_DATABASE_URLS__CUSTOMER": args.database_url,
            "SHOPMESH_SERVICE_PROCESSES": "1"}
     with tempfile.TemporaryFile() as log:
         process = subprocess.Popen([sys.executable, "-m", "services.customer"], env=env, stdout=log,

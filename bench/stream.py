@@ -28,10 +28,10 @@ from pathlib import Path
 
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from dataflows.invoices import EPOCH, WINDOW, window_start
+from dataflows.totals import EPOCH, WINDOW, window_start
 from shopmesh.runtime.invoices import Invoice, iso_millis
 from shopmesh.runtime.settings import Settings, load
-from tests.analytics import RunningDataflow, Topics, own_topics
+from shopmesh.tooling.dataflow_runs import RunningDataflow, Topics, own_topics
 
 CUSTOMERS = [f"customer-{number:03d}" for number in range(100)]
 #: The mesh's default: windows close on the event time every partition has reached, so a backlog needs no more.

@@ -5,6 +5,7 @@ of named steps. This package file stays free of Bytewax so the runtime can name 
 
 from __future__ import annotations
 
+from shopmesh.runtime import catalogue
 from shopmesh.runtime.settings import Settings
 
 #: dataflow -> its name in Consul (shared/CONTRACT.md)
@@ -13,4 +14,4 @@ CONSUL_NAMES = {"totals_5s": "analytics-totals-5s", "totals_by_customer": "analy
 
 def service_id(dataflow: str, settings: Settings) -> str:
     """One registration per dataflow and input topic: a test's dataflow on its own topic is told apart."""
-    return f"{CONSUL_NAMES[dataflow]}-{settings.advertise_address}-{settings.analytics_input_topic.lower()}"
+    return catalogue.service_id(CONSUL_NAMES[dataflow], settings.advertise_address, settings.facturation_topic.lower())

@@ -73,7 +73,7 @@ def main(name: Name) -> None:
         signal.signal(signum, _stop)
     try:
         _heartbeat(registration)
-        log.info("%s: %s -> results, snapshots every %gs in %s", name.value, settings.analytics_input_topic,
+        log.info("%s: %s -> results, snapshots every %gs in %s", name.value, settings.facturation_topic,
                  settings.analytics_snapshot_seconds, store)
         cli_main(FLOWS[name.value](settings), epoch_interval=timedelta(seconds=settings.analytics_snapshot_seconds),
                  recovery_config=RecoveryConfig(store))

@@ -13,7 +13,8 @@ from bytewax.dataflow import Dataflow, Stream
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
 
-from dataflows.invoices import BadInvoice, ParsedInvoice, dead_letter, dead_letter_key, parse
+from dataflows.totals import dead_letter, dead_letter_key
+from shopmesh.runtime.invoices import BadInvoice, Invoice, parse
 from shopmesh.runtime.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -25,7 +26,7 @@ Message = KafkaSourceMessage[bytes | None, bytes | None]
 class Received:
     """A valid invoice and the message it came in, so that it can still be dead-lettered if it turns out late."""
 
-    invoice: ParsedInvoice
+    invoice: Invoice
     message: Message
 
 
@@ -33,12 +34,12 @@ def invoices(flow: Dataflow, settings: Settings, report_unreadable: bool) -> Str
     """The valid invoices of the input topic. The others go to the dead-letter topic with their reason when
     report_unreadable: both dataflows read every message, and one of them reporting it is enough."""
     consumed = kop.input("read invoices", flow, brokers=[settings.kafka_bootstrap],
-                         topics=[settings.analytics_input_topic])
+                         topics=[settings.facturation_topic])
     max_skew = timedelta(seconds=settings.analytics_future_seconds)
     checked = op.map("parse", consumed.oks, lambda message: _check(message, max_skew))
     valid = op.branch("valid?", checked, lambda item: isinstance(item, Received))
     if report_unreadable:
-        write("write dead letters", valid.falses, settings.analytics_dlq_topic, settings)
+        write("write dead letters", valid.falses, settings.dlq_topic, settings)
     # A consumer error (a broker away, say) is no message: it is logged; librdkafka reconnects by itself.
     op.inspect("consumer errors", consumed.errs, lambda _step, error: log.warning("kafka: %s", error.err.str()))
     return valid.trues

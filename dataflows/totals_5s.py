@@ -14,7 +14,7 @@ from bytewax.dataflow import Dataflow
 from bytewax.operators.windowing import fold_window
 
 from dataflows import kafka
-from dataflows.invoices import EPOCH, WINDOW, WindowSum, window_start, window_total
+from dataflows.totals import EPOCH, WINDOW, WindowSum, window_start, window_total
 from dataflows.windowing import KeptTumblingWindower, PartitionedEventClock
 from shopmesh.runtime.invoices import iso_millis
 from shopmesh.runtime.settings import Settings, load
@@ -28,7 +28,7 @@ def flow(settings: Settings | None = None) -> Dataflow:
     # One key: every window totals all customers.
     everything = op.key_on("all customers", received, lambda _: "all")
     clock = PartitionedEventClock(lambda item: item.invoice.issued_at, lambda item: item.message.partition,
-                                  kafka.partition_count(settings, settings.analytics_input_topic),
+                                  kafka.partition_count(settings, settings.facturation_topic),
                                   wait_for_system_duration=late_after,
                                   # Wake up when a window can close, not at its end, which would poll until then.
                                   to_system_utc=lambda close: close + late_after)
@@ -36,9 +36,9 @@ def flow(settings: Settings | None = None) -> Dataflow:
                           WindowSum, lambda window, item: window.add(item.invoice), WindowSum.merge,
                           ordered=False)
     closed = op.map("window totals", windows.down, _record)
-    kafka.write("write totals", closed, settings.analytics_total_5s_topic, settings)
+    kafka.write("write totals", closed, settings.total_5s_topic, settings)
     late = op.map("late invoices", windows.late, lambda keyed: kafka.to_dead_letter("late", keyed[1][1].message))
-    kafka.write("write late invoices", late, settings.analytics_dlq_topic, settings)
+    kafka.write("write late invoices", late, settings.dlq_topic, settings)
     return flow
 
 

@@ -11,7 +11,7 @@ from bytewax.connectors.kafka import KafkaSinkMessage
 from bytewax.dataflow import Dataflow
 
 from dataflows import kafka
-from dataflows.invoices import RunningTotal, customer_total
+from dataflows.totals import RunningTotal, customer_total
 from shopmesh.runtime.settings import Settings, load
 
 
@@ -21,7 +21,7 @@ def flow(settings: Settings | None = None) -> Dataflow:
     received = kafka.invoices(flow, settings, report_unreadable=True)
     by_customer = op.key_on("by customer", received, lambda item: item.invoice.customer_name)
     totals = op.stateful_flat_map("running totals", by_customer, _add)
-    kafka.write("write totals", op.key_rm("records", totals), settings.analytics_by_customer_topic, settings)
+    kafka.write("write totals", op.key_rm("records", totals), settings.total_by_customer_topic, settings)
     return flow
 
 

@@ -27,5 +27,19 @@ def read_topic(settings: Settings, topic: str, timeout: float = 30) -> list:
         consumer.close()
 
 
+def invoice_events(messages) -> list[tuple[object, dict]]:
+    """The (message, event) of each message that is an invoice event; the others on a shared topic (a poison
+    message someone sent, say) are not the reader's, and skipped."""
+    events = []
+    for message in messages:
+        try:
+            event = json.loads(message.value)
+        except (TypeError, ValueError):
+            continue
+        if isinstance(event, dict) and isinstance(event.get("invoice_id"), str):
+            events.append((message, event))
+    return events
+
+
 def invoice_ids(messages) -> list[str]:
-    return [json.loads(message.value)["invoice_id"] for message in messages]
+    return [event["invoice_id"] for _, event in invoice_events(messages)]

@@ -10,13 +10,14 @@ from shopmesh.customer.v1 import customer_service_pb2_grpc as customer_grpc
 from shopmesh.runtime.errors import NotFound, shown
 from shopmesh.inventory.v1 import inventory_service_pb2 as inventory_pb
 from shopmesh.inventory.v1 import inventory_service_pb2_grpc as inventory_grpc
+from shopmesh.runtime.catalogue import part
 from shopmesh.runtime.settings import Settings
 from shopmesh.runtime.upstream import Upstream
 
 
 class Customers(Upstream):
     def __init__(self, settings: Settings, token: ServiceToken) -> None:
-        super().__init__(settings, "customer-service", customer_grpc.CustomerServiceStub, token)
+        super().__init__(settings, part("customer").consul_name, customer_grpc.CustomerServiceStub, token)
 
     async def get(self, customer_id: str) -> customer_pb.Customer:
         try:
@@ -27,7 +28,7 @@ class Customers(Upstream):
 
 class Inventory(Upstream):
     def __init__(self, settings: Settings, token: ServiceToken) -> None:
-        super().__init__(settings, "inventory-service", inventory_grpc.InventoryServiceStub, token)
+        super().__init__(settings, part("inventory").consul_name, inventory_grpc.InventoryServiceStub, token)
 
     def rename_fields(self, message: str) -> str:
         # The inventory names reservation lines; the caller sent bill items.

@@ -154,7 +154,7 @@ class OutboxRelay:
         if self._producer is None:
             self._producer = invoices.producer(self.settings)
         for invoice_id, key, value in rows:
-            future = self._producer.send(invoices.FACTURATION, key=key, value=value)
+            future = self._producer.send(self.settings.facturation_topic, key=key, value=value)
             self._in_flight[invoice_id] = None
             future.add_both(lambda outcome, invoice_id=invoice_id: loop.call_soon_threadsafe(
                 self._done, invoice_id, outcome))

@@ -15,8 +15,7 @@ from services.billing.clients import Customers, Inventory
 from services.billing.outbox import OutboxRelay
 from services.billing.reservations import Reservations, store_pending
 from shopmesh.runtime.auth import ServiceToken
-from services.customer.seed import CUSTOMERS
-from services.inventory.seed import PRODUCTS
+from services.seeds import BILLS
 from shopmesh.runtime import invoices
 from shopmesh.billing.v1 import billing_service_pb2 as pb
 from shopmesh.billing.v1 import billing_service_pb2_grpc as pb_grpc
@@ -27,6 +26,7 @@ from shopmesh.runtime.errors import InvalidArgument, NotFound, shown
 from shopmesh.inventory.v1.inventory_service_pb2 import Product
 from shopmesh.runtime.money import MAX_CENTS, format_cents, parse_cents
 from shopmesh.runtime.resources import check_id, new_id, page, product_lines
+from shopmesh.runtime import catalogue
 from shopmesh.runtime.server import Service
 from shopmesh.runtime.settings import Settings
 
@@ -198,19 +198,15 @@ def seed(session: Session) -> None:
     """Two bills of the original's customers and products, at the seeded prices (no stock is taken)."""
     if session.scalar(select(func.count()).select_from(BillRow)):
         return
-    (c1, name1, email1), (c2, name2, email2), _ = CUSTOMERS
-    (p1, pname1, cents1, _), (p2, pname2, cents2, _), (p3, pname3, cents3, _) = PRODUCTS
-    for bill_id, (customer_id, name, email), lines in [
-        ("seed-bill-1", (c1, name1, email1), [(p1, pname1, cents1, 1), (p2, pname2, cents2, 2)]),
-        ("seed-bill-2", (c2, name2, email2), [(p3, pname3, cents3, 1)]),
-    ]:
+    for bill in BILLS:
         items = [
-            BillItemRow(position=position, product_id=pid, product_name=pname, quantity=quantity,
-                        unit_price_cents=cents, amount_cents=cents * quantity)
-            for position, (pid, pname, cents, quantity) in enumerate(lines)
+            BillItemRow(position=position, product_id=product.id, product_name=product.name, quantity=quantity,
+                        unit_price_cents=product.price_cents, amount_cents=product.price_cents * quantity)
+            for position, (product, quantity) in enumerate(bill.lines)
         ]
-        session.add(BillRow(id=bill_id, billing_date=datetime.now(UTC).replace(tzinfo=None), customer_id=customer_id,
-                            customer_name=name, customer_email=email,
+        session.add(BillRow(id=bill.id, billing_date=datetime.now(UTC).replace(tzinfo=None),
+                            customer_id=bill.customer.id, customer_name=bill.customer.name,
+                            customer_email=bill.customer.email,
                             total_cents=sum(item.amount_cents for item in items), items=items))
 
 
@@ -237,4 +233,4 @@ async def attach(server: grpc.aio.Server, settings: Settings, status_checks: lis
     return close
 
 
-SERVICE = Service("billing", pb.DESCRIPTOR.services_by_name["BillingService"].full_name, attach)
+SERVICE = Service.of(catalogue.part("billing"), attach)

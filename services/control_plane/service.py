@@ -7,12 +7,13 @@ from envoy.service.discovery.v3 import ads_pb2, ads_pb2_grpc
 
 from services.control_plane import snapshot
 from services.control_plane.ads import AggregatedDiscovery, SnapshotCache
+from shopmesh.runtime import catalogue
 from shopmesh.runtime.discovery import Endpoints, StatusCheck
 from shopmesh.runtime.server import Service
 from shopmesh.runtime.settings import Settings
 
 #: The services Envoy routes to, by their Consul names.
-ROUTED = ("customer-service", "inventory-service", "billing-service")
+ROUTED = tuple(service.consul_name for service in catalogue.routed())
 
 
 async def attach(server: grpc.aio.Server, settings: Settings, status_checks: list[StatusCheck]):
@@ -37,10 +38,9 @@ async def attach(server: grpc.aio.Server, settings: Settings, status_checks: lis
 
 
 SERVICE = Service(
-    "control_plane",
+    "mesh-control-plane",
     ads_pb2.DESCRIPTOR.services_by_name["AggregatedDiscoveryService"].full_name,
     attach,
-    consul_name="mesh-control-plane",
-    port_field="control_plane_port",
+    configured_port=lambda settings: settings.control_plane_port,
     authenticated=False,  # Envoy's ADS stream; the port binds the loopback address only
 )

@@ -7,13 +7,14 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from services.customer.models import UNIQUE_EMAIL, Base, CustomerRow
-from services.customer.seed import CUSTOMERS
+from services.seeds import CUSTOMERS
 from shopmesh.customer.v1 import customer_service_pb2 as pb
 from shopmesh.customer.v1 import customer_service_pb2_grpc as pb_grpc
 from shopmesh.runtime.db import Database
 from shopmesh.runtime.discovery import StatusCheck
 from shopmesh.runtime.errors import AlreadyExists, InvalidArgument, NotFound, shown
 from shopmesh.runtime.resources import check_id, check_name, fields_to_update, new_id, page, target_id
+from shopmesh.runtime import catalogue
 from shopmesh.runtime.server import Service
 from shopmesh.runtime.settings import Settings
 
@@ -133,4 +134,4 @@ async def attach(server: grpc.aio.Server, settings: Settings, status_checks: lis
     pb_grpc.add_CustomerServiceServicer_to_server(CustomerService(db), server)
 
 
-SERVICE = Service("customer", pb.DESCRIPTOR.services_by_name["CustomerService"].full_name, attach)
+SERVICE = Service.of(catalogue.part("customer"), attach)

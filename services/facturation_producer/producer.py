@@ -7,12 +7,14 @@ import signal
 import uuid
 from datetime import UTC, datetime
 
+from services.facturation_producer import CONSUL_NAME, service_id
 from shopmesh.runtime import invoices
 from shopmesh.runtime.auth import ServiceToken
 from shopmesh.customer.v1 import customer_service_pb2 as customer_pb
 from shopmesh.customer.v1 import customer_service_pb2_grpc as customer_grpc
 from shopmesh.runtime.discovery import Registration
 from shopmesh.runtime.errors import ServiceError
+from shopmesh.runtime.catalogue import part
 from shopmesh.runtime.settings import Settings, load
 from shopmesh.runtime.upstream import Upstream
 
@@ -21,13 +23,15 @@ log = logging.getLogger("facturation-producer")
 #: Used while the customer service cannot be reached.
 BUILT_IN_CUSTOMERS = ("Mohamed", "Imane", "Yassine")
 NAMES_REFRESH_SECONDS = 30
+#: Names the producer picks from: the first this many customers, a bound on its memory and on each refresh.
+MAX_NAMES = 20_000
 
 
 class CustomerNames:
     """Names of the customer service's customers, refreshed now and then; the built-in list when it is away."""
 
     def __init__(self, settings: Settings) -> None:
-        self.customers = Upstream(settings, "customer-service", customer_grpc.CustomerServiceStub,
+        self.customers = Upstream(settings, part("customer").consul_name, customer_grpc.CustomerServiceStub,
                                   ServiceToken(settings))
         self.names: tuple[str, ...] = BUILT_IN_CUSTOMERS
         self._fetched = float("-inf")
@@ -37,12 +41,25 @@ class CustomerNames:
         if now - self._fetched > NAMES_REFRESH_SECONDS:
             self._fetched = now
             try:
-                answer = await self.customers.call("ListCustomers", customer_pb.ListCustomersRequest(page_size=1000))
-                self.names = tuple(c.name for c in answer.customers) or BUILT_IN_CUSTOMERS
+                self.names = await self._fetch() or BUILT_IN_CUSTOMERS
             except ServiceError as error:
                 log.warning("customer names unavailable (%s); using the built-in list", error.message)
                 self.names = BUILT_IN_CUSTOMERS
         return random.choice(self.names)
+
+
+    async def _fetch(self) -> tuple[str, ...]:
+        """Every customer's name, page by page, up to MAX_NAMES."""
+        names: list[str] = []
+        token = ""
+        while len(names) < MAX_NAMES:
+            answer = await self.customers.call(
+                "ListCustomers", customer_pb.ListCustomersRequest(page_size=1000, page_token=token))
+            names.extend(customer.name for customer in answer.customers)
+            token = answer.next_page_token
+            if not token:
+                break
+        return tuple(names)
 
 
 def invoice(customer_name: str) -> invoices.Invoice:
@@ -51,8 +68,7 @@ def invoice(customer_name: str) -> invoices.Invoice:
 
 
 async def run(settings: Settings) -> None:
-    registration = Registration(settings, "facturation-producer", 0, tags=("kafka",), ttl="10s",
-                                service_id=f"facturation-producer-{settings.advertise_address}")
+    registration = Registration(settings, CONSUL_NAME, 0, tags=("kafka",), ttl="10s", service_id=service_id(settings))
     await registration.register()
     heartbeat = asyncio.create_task(registration.keep_passing(3))
     names = CustomerNames(settings)
@@ -64,10 +80,10 @@ async def run(settings: Settings) -> None:
         loop.add_signal_handler(signum, stopping.set)
     period, sent = 1 / settings.facturation_rate, 0
     next_tick = loop.time()
-    log.info("sending %.1f invoice(s) per second to %s", settings.facturation_rate, invoices.FACTURATION)
+    log.info("sending %.1f invoice(s) per second to %s", settings.facturation_rate, settings.facturation_topic)
     while not stopping.is_set():
         event = invoice(await names.pick())
-        producer.send(invoices.FACTURATION, key=event.key(), value=event.value()).add_errback(
+        producer.send(settings.facturation_topic, key=event.key(), value=event.value()).add_errback(
             lambda error: log.error("an invoice was not delivered: %s", error))
         sent += 1
         if sent % 60 == 0:

@@ -7,7 +7,7 @@ from sqlalchemy import Connection, bindparam, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from services.inventory.models import Base, ProductRow, ReservationLineRow, ReservationRow
-from services.inventory.seed import PRODUCTS
+from services.seeds import PRODUCTS
 from shopmesh.runtime.db import Database
 from shopmesh.runtime.discovery import StatusCheck
 from shopmesh.runtime.errors import FailedPrecondition, InvalidArgument, NotFound, shown
@@ -15,6 +15,7 @@ from shopmesh.inventory.v1 import inventory_service_pb2 as pb
 from shopmesh.inventory.v1 import inventory_service_pb2_grpc as pb_grpc
 from shopmesh.runtime.money import format_cents, parse_cents
 from shopmesh.runtime.resources import check_id, check_name, fields_to_update, new_id, page, product_lines, target_id
+from shopmesh.runtime import catalogue
 from shopmesh.runtime.server import Service
 from shopmesh.runtime.settings import Settings
 
@@ -192,4 +193,4 @@ async def attach(server: grpc.aio.Server, settings: Settings, status_checks: lis
     pb_grpc.add_InventoryServiceServicer_to_server(InventoryService(db), server)
 
 
-SERVICE = Service("inventory", pb.DESCRIPTOR.services_by_name["InventoryService"].full_name, attach)
+SERVICE = Service.of(catalogue.part("inventory"), attach)

@@ -15,6 +15,7 @@ import consul.aio
 import grpc
 
 from shopmesh.runtime.errors import Unavailable
+from shopmesh.runtime import catalogue
 from shopmesh.runtime.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -47,7 +48,7 @@ class Registration:
         self.port = port
         self.tags = list(tags)
         self.ttl = ttl
-        self.service_id = service_id or f"{service}-{settings.advertise_address}-{port}"
+        self.service_id = service_id or catalogue.service_id(service, settings.advertise_address, port)
         self.status_checks = tuple(status_checks)
         self._reporters: list[asyncio.Task] = []
 

@@ -1,30 +1,40 @@
-"""Invoice events on Kafka, as shared/CONTRACT.md gives them: the topics, and the FACTURATION message shape.
+"""The FACTURATION invoice event of shared/CONTRACT.md, in one place: the message, written (by the producer and
+billing's outbox) and read (by the dataflows), and the topics.
 
-The amount is written as a JSON number with two decimals straight from integer cents, so it never passes
-through binary floating point on the way out."""
+The amount is written as a JSON number with two decimals straight from integer cents, and read back with
+JSON numbers as Decimal, so it never passes through binary floating point either way."""
 
 from __future__ import annotations
 
 import json
 import logging
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 
 from kafka import KafkaProducer
 from kafka.admin import KafkaAdminClient, NewTopic
 from kafka.errors import TopicAlreadyExistsError
 
-from shopmesh.runtime.money import format_cents
+from shopmesh.runtime.money import BadAmount, format_cents, to_cents
 from shopmesh.runtime.settings import Settings
 
 log = logging.getLogger(__name__)
 
-FACTURATION = "FACTURATION"
-TOTAL_5S = "FACTURATION_TOTAL_5S"
-TOTAL_BY_CUSTOMER = "FACTURATION_TOTAL_BY_CUSTOMER"
-DLQ = "FACTURATION_DLQ"
-#: topic -> partitions
-TOPICS = {FACTURATION: 3, TOTAL_5S: 1, TOTAL_BY_CUSTOMER: 1, DLQ: 1}
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_FIELDS = ("invoice_id", "customer_name", "amount", "issued_at")
+#: One decoder for every message (json.loads with parse_float builds a new one per call); parse_float keeps a
+#: JSON number such as 123.45 exact: it never becomes a binary float.
+_DECODER = json.JSONDecoder(parse_float=Decimal)
+#: Bounds of what is counted: ids and names as the services bound them, so no state or record grows with input.
+MAX_INVOICE_ID = 64
+MAX_CUSTOMER_NAME = 200
+
+
+def topics(settings: Settings) -> dict[str, int]:
+    """The mesh's topics, named by the settings, with their partitions."""
+    return {settings.facturation_topic: 3, settings.total_5s_topic: 1, settings.total_by_customer_topic: 1,
+            settings.dlq_topic: 1}
 
 
 @dataclass(frozen=True)
@@ -49,6 +59,73 @@ def iso_millis(moment: datetime) -> str:
     return moment.astimezone(UTC).isoformat(timespec="milliseconds").removesuffix("+00:00") + "Z"
 
 
+class BadInvoice(ValueError):
+    """An event that cannot be counted; the message is the reason written to the dead-letter topic."""
+
+
+def parse(raw: bytes, now: datetime | None = None, max_skew: timedelta = timedelta(minutes=5)) -> Invoice:
+    """An invoice event of the contract, or BadInvoice naming what is wrong. Whatever the bytes, nothing else is
+    raised: one message must never stop a dataflow.
+
+    An invoice issued more than max_skew after now (the dataflow's clock) is refused as `future`: counted, it
+    would move the windows' event clock ahead and make every current invoice late."""
+    try:
+        # As json.loads reads bytes: UTF-8, -16 or -32 by their first bytes. An object that starts "{" with no NUL
+        # in its first four bytes is UTF-8 by json.detect_encoding's own rules, asked of nearly every message.
+        encoding = "utf-8" if raw[:1] == b"{" and b"\x00" not in raw[:4] else json.detect_encoding(raw)
+        event = _DECODER.decode(raw.decode(encoding, "surrogatepass"))
+    except (ValueError, RecursionError) as error:
+        # ValueError covers bad UTF-8, bad JSON, and integers past Python's digit limit for int().
+        raise BadInvoice(f"not JSON: {_short(str(error))}") from None
+    if not isinstance(event, dict):
+        raise BadInvoice("not a JSON object")
+    missing = [name for name in _FIELDS if name not in event]
+    if missing:
+        raise BadInvoice(f"missing field {missing[0]}")
+    for name, limit in (("invoice_id", MAX_INVOICE_ID), ("customer_name", MAX_CUSTOMER_NAME)):
+        if not isinstance(event[name], str) or not event[name].strip():
+            raise BadInvoice(f"{name} must be a non-empty string")
+        if len(event[name]) > limit:
+            raise BadInvoice(f"{name} is longer than {limit} characters")
+    issued_at = _moment(event["issued_at"])
+    if issued_at > (now or datetime.now(UTC)) + max_skew:
+        raise BadInvoice(f"future: issued_at {iso_millis(issued_at)} is more than {max_skew.total_seconds():g} s "
+                         "ahead of the dataflow's clock")
+    return Invoice(event["invoice_id"], event["customer_name"], _cents(event["amount"]), issued_at)
+
+
+def _short(text: str, limit: int = 200) -> str:
+    return text if len(text) <= limit else f"{text[:limit]}…"
+
+
+def _cents(amount: object) -> int:
+    if isinstance(amount, bool) or not isinstance(amount, (int, Decimal, str)):
+        raise BadInvoice(f"amount must be a number or a numeric string, not {_short(json.dumps(amount, default=str))}")
+    try:
+        return to_cents(amount)
+    except BadAmount as error:
+        raise BadInvoice(f"amount {error}") from None
+
+
+def _moment(text) -> datetime:
+    if not isinstance(text, str):
+        raise BadInvoice("issued_at must be an ISO 8601 string")
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise BadInvoice(f"issued_at is not an ISO 8601 timestamp: {_short(repr(text))}") from None
+    if moment.tzinfo is None:
+        raise BadInvoice(f"issued_at has no time zone: {_short(repr(text))}")
+    try:
+        # An offset can push a moment past year 9999 or before year 1, which datetime cannot hold.
+        moment = moment.astimezone(UTC)
+    except (OverflowError, ValueError):
+        raise BadInvoice(f"issued_at is out of range: {_short(repr(text))}") from None
+    if moment < EPOCH:
+        raise BadInvoice(f"issued_at is before 1970: {_short(repr(text))}")
+    return moment
+
+
 def producer(settings: Settings) -> KafkaProducer:
     """An idempotent producer that waits for every in-sync replica and retries until its delivery timeout: no
     invoice is lost on a broker outage shorter than that, and the broker drops the producer's own repeats, so none
@@ -59,13 +136,14 @@ def producer(settings: Settings) -> KafkaProducer:
 
 def ensure_topics(settings: Settings) -> list[str]:
     """Create the contract's topics that are missing; return the ones created."""
+    wanted = topics(settings)
     admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap, request_timeout_ms=10000)
     try:
-        missing = [name for name in TOPICS if name not in set(admin.list_topics())]
+        missing = [name for name in wanted if name not in set(admin.list_topics())]
         created = []
         for name in missing:
             try:
-                admin.create_topics([NewTopic(name, num_partitions=TOPICS[name], replication_factor=1)])
+                admin.create_topics([NewTopic(name, num_partitions=wanted[name], replication_factor=1)])
                 created.append(name)
             except TopicAlreadyExistsError:
                 pass  # another process created it meanwhile

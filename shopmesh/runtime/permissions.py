@@ -1,38 +1,24 @@
-"""Who may call what: the one permission table of shared/CONTRACT.md. Envoy's RBAC policies are generated from
-it (rbac_policies, rendered into Envoy's bootstrap) and every service checks it in its interceptor
-(shopmesh/auth.py)."""
+"""Who may call what: the one permission table of shared/CONTRACT.md, gathered from the mesh catalogue (each
+service lists its RPCs' roles there). Envoy's RBAC policies are generated from it (rbac_policies, rendered into
+Envoy's bootstrap) and every service checks it in its interceptor (shopmesh/runtime/auth.py)."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 
-USER, CUSTOMER_MANAGER, PRODUCT_MANAGER, BILLING_MANAGER, ADMIN = (
-    "USER", "CUSTOMER_MANAGER", "PRODUCT_MANAGER", "BILLING_MANAGER", "ADMIN")
-ROLES = (USER, CUSTOMER_MANAGER, PRODUCT_MANAGER, BILLING_MANAGER, ADMIN)
-#: Held by the shopmesh-services service account only (keycloak/shopmesh-realm.json): the internal RPCs are for the
-#: services themselves, never for a person, whatever their roles.
-MESH_SERVICE = "MESH_SERVICE"
+from shopmesh.runtime.catalogue import (ADMIN, BILLING_MANAGER, CUSTOMER_MANAGER, MESH_SERVICE, PRODUCT_MANAGER,
+                                        ROLES, SERVICES, USER)
 
-_READERS = frozenset(ROLES)  # "USER, or any role below"
-_CUSTOMERS = "/shopmesh.customer.v1.CustomerService/"
-_PRODUCTS = "/shopmesh.inventory.v1.InventoryService/"
-_BILLS = "/shopmesh.billing.v1.BillingService/"
+__all__ = ["ADMIN", "BILLING_MANAGER", "CUSTOMER_MANAGER", "INTERNAL_METHODS", "MESH_SERVICE", "OPEN_PREFIXES",
+           "PERMISSIONS", "PRODUCT_MANAGER", "ROLES", "USER", "allowed", "is_open", "rbac_policies"]
+
+#: gRPC method path -> the realm roles of which a caller needs one, gathered from the catalogue's services.
+PERMISSIONS: dict[str, frozenset[str]] = {
+    service.method(rpc): roles for service in SERVICES for rpc, roles in service.permissions.items()
+}
 
 #: The services' own RPCs: not routed by the gateway, and callable only with MESH_SERVICE.
-INTERNAL_METHODS = (f"{_PRODUCTS}ReserveStock", f"{_PRODUCTS}ReleaseStock")
-
-#: gRPC method path -> the realm roles of which a caller needs one.
-PERMISSIONS: dict[str, frozenset[str]] = {
-    **{f"{_CUSTOMERS}{rpc}": _READERS for rpc in ("ListCustomers", "GetCustomer")},
-    **{f"{_CUSTOMERS}{rpc}": frozenset({CUSTOMER_MANAGER, ADMIN})
-       for rpc in ("CreateCustomer", "UpdateCustomer", "DeleteCustomer")},
-    **{f"{_PRODUCTS}{rpc}": _READERS for rpc in ("ListProducts", "GetProduct")},
-    **{f"{_PRODUCTS}{rpc}": frozenset({PRODUCT_MANAGER, ADMIN})
-       for rpc in ("CreateProduct", "UpdateProduct", "DeleteProduct")},
-    **{f"{_BILLS}{rpc}": frozenset({BILLING_MANAGER, ADMIN}) for rpc in ("ListBills", "GetBill", "CreateBill")},
-    # Taking stock is part of making a bill, which billing does with its service account's token.
-    **{method: frozenset({MESH_SERVICE}) for method in INTERNAL_METHODS},
-}
+INTERNAL_METHODS = tuple(service.method(rpc) for service in SERVICES for rpc in service.internal_rpcs)
 
 #: Open to anyone, so that health checks work and grpcurl can list and describe without a token.
 OPEN_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")

@@ -16,6 +16,7 @@ from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
 from shopmesh.runtime.auth import Authorization, TokenVerifier
+from shopmesh.runtime.catalogue import ServicePart
 from shopmesh.runtime.discovery import Registration, StatusCheck
 from shopmesh.runtime.errors import ErrorMapping
 from shopmesh.runtime.settings import Settings, load
@@ -60,20 +61,20 @@ Attach = Callable[[grpc.aio.Server, Settings, list[StatusCheck]], Awaitable[Call
 
 @dataclass(frozen=True)
 class Service:
-    """A service as the runtime sees it."""
+    """A gRPC server as the runtime runs it: a service of the catalogue (Service.of), or the control plane."""
 
-    name: str  # short name used in settings: customer, inventory, billing
+    consul_name: str  # the name it registers under
     full_name: str  # gRPC service name, e.g. shopmesh.customer.v1.CustomerService
     attach: Attach
-    consul_name: str = ""  # the name it registers under; <name>-service when left empty
-    authenticated: bool = True  # callers need a Keycloak token with a role of shopmesh/permissions.py
-    port_field: str = ""  # the Settings field of its port; <name>_service_port when left empty
+    configured_port: Callable[[Settings], int]  # its port setting; SHOPMESH_INSTANCE_PORT overrides it
+    authenticated: bool = True  # callers need a Keycloak token with a role of the permission table
 
-    def registered_as(self) -> str:
-        return self.consul_name or f"{self.name}-service"
+    @classmethod
+    def of(cls, part: ServicePart, attach: Attach) -> Service:
+        return cls(part.consul_name, part.grpc_service, attach, lambda settings: settings.service_ports[part.name])
 
     def port(self, settings: Settings) -> int:
-        return settings.listen_port(self.port_field or f"{self.name}_service_port")
+        return settings.listen_port(self.configured_port(settings))
 
 
 async def serve(service: Service, settings: Settings) -> None:
@@ -99,7 +100,7 @@ async def serve(service: Service, settings: Settings) -> None:
 
     handlers = [handler for handler in logging.getLogger().handlers if isinstance(handler, BatchedLogHandler)]
     flushing = [asyncio.create_task(flush_logs(handler)) for handler in handlers]
-    registration = Registration(settings, service.registered_as(), port, status_checks=status_checks)
+    registration = Registration(settings, service.consul_name, port, status_checks=status_checks)
     await registration.register()
 
     stopping = asyncio.Event()
@@ -108,7 +109,7 @@ async def serve(service: Service, settings: Settings) -> None:
         loop.add_signal_handler(signum, stopping.set)
     await stopping.wait()
 
-    log.info("stopping %s", service.registered_as())
+    log.info("stopping %s", service.consul_name)
     await registration.deregister()
     await health.enter_graceful_shutdown()
     await server.stop(grace=5)

@@ -7,8 +7,10 @@ import socket
 from functools import cached_property
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from shopmesh.runtime.catalogue import SERVICES
 
 #: The checkout this package runs from: configuration files (envoy/, consul/, kafka/, keycloak/) live here.
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -22,10 +24,11 @@ def _default_cache_dir() -> Path:
 class Settings(BaseSettings):
     """Where things live, which ports they take and the development credentials.
 
-    Every field reads `SHOPMESH_<FIELD>` from the environment, for example `SHOPMESH_CONSUL_HTTP_PORT=18500`.
+    Every field reads `SHOPMESH_<FIELD>` from the environment, for example `SHOPMESH_CONSUL_HTTP_PORT=18500`; a
+    field by service reads `SHOPMESH_<FIELD>__<SERVICE>`, for example `SHOPMESH_SERVICE_PORTS__BILLING=50063`.
     """
 
-    model_config = SettingsConfigDict(env_prefix="SHOPMESH_", frozen=True)
+    model_config = SettingsConfigDict(env_prefix="SHOPMESH_", env_nested_delimiter="__", frozen=True)
 
     host: str = Field("127.0.0.1", description="Address every process binds to.")
     # Natively every part is on `host`. In containers (docker-compose.yml) each part binds 0.0.0.0 and is reached
@@ -49,9 +52,10 @@ class Settings(BaseSettings):
     envoy_admin_port: int = 9901
 
     control_plane_port: int = Field(18000, description="The xDS control plane (ADS) Envoy learns endpoints from.")
-    customer_service_port: int = 50051
-    inventory_service_port: int = 50052
-    billing_service_port: int = 50053
+    service_ports: dict[str, int] = Field(
+        default_factory=lambda: {service.name: service.default_port for service in SERVICES},
+        description="Port of the first instance of each gRPC service of the catalogue, by service: "
+                    "SHOPMESH_SERVICE_PORTS__CUSTOMER=50061 moves customer's and keeps the others'.")
     instance_port: int | None = Field(
         None, description="Port of this service process, overriding its service's port; 0 takes a free port."
     )
@@ -62,9 +66,9 @@ class Settings(BaseSettings):
     envoy_workers: int = Field(
         default_factory=lambda: max(1, (os.cpu_count() or 1) // 2), ge=1, le=64,
         description="Envoy's worker threads; by default half the CPU cores, as the services need the rest.")
-    customer_database_url: str | None = Field(None, description="SQLAlchemy URL; default sqlite under var/.")
-    inventory_database_url: str | None = None
-    billing_database_url: str | None = None
+    database_urls: dict[str, str] = Field(
+        default_factory=dict, description="SQLAlchemy URL of a service's database, by service: "
+        "SHOPMESH_DATABASE_URLS__CUSTOMER=postgresql+psycopg://…; by default SQLite under var/data/.")
     billing_stale_bill_seconds: float = Field(
         30.0, gt=0, description="A bill still unstored after this long has its reserved stock given back.")
     outbox_warning_seconds: float = Field(
@@ -73,10 +77,11 @@ class Settings(BaseSettings):
     consul_deregister_after: str = "30s"
 
     facturation_rate: float = Field(1.0, description="Invoice events the producer sends per second.")
-    analytics_input_topic: str = Field("FACTURATION", description="The topic the dataflows read invoices from.")
-    analytics_total_5s_topic: str = "FACTURATION_TOTAL_5S"
-    analytics_by_customer_topic: str = "FACTURATION_TOTAL_BY_CUSTOMER"
-    analytics_dlq_topic: str = "FACTURATION_DLQ"
+    facturation_topic: str = Field(
+        "FACTURATION", description="The invoice events: the producer and billing write them, the dataflows read them.")
+    total_5s_topic: str = "FACTURATION_TOTAL_5S"
+    total_by_customer_topic: str = "FACTURATION_TOTAL_BY_CUSTOMER"
+    dlq_topic: str = "FACTURATION_DLQ"
     analytics_late_seconds: float = Field(
         5.0, gt=0, description="How long a 5-second window waits for late invoices after it ends, in event time."
     )
@@ -94,6 +99,19 @@ class Settings(BaseSettings):
     # Development default of the shopmesh-services client's secret (keycloak/shopmesh-realm.json).
     services_client_secret: str = "shopmesh-services-dev-secret"
 
+    @field_validator("service_ports", "database_urls")
+    @classmethod
+    def _of_known_services(cls, by_service: dict) -> dict:
+        known = [service.name for service in SERVICES]
+        if unknown := sorted(set(by_service) - set(known)):
+            raise ValueError(f"no such service: {', '.join(unknown)} (the services are {', '.join(known)})")
+        return by_service
+
+    @field_validator("service_ports")
+    @classmethod
+    def _every_service_has_a_port(cls, ports: dict[str, int]) -> dict[str, int]:
+        return {service.name: service.default_port for service in SERVICES} | ports
+
     @cached_property
     def log_dir(self) -> Path:
         return self.var_dir / "log"
@@ -107,12 +125,12 @@ class Settings(BaseSettings):
         """Bytewax recovery stores, one folder per dataflow."""
         return self.var_dir / "recovery"
 
-    def listen_port(self, port_field: str) -> int:
-        """The port this process serves on: the instance override, else the named port setting."""
-        return self.instance_port if self.instance_port is not None else getattr(self, port_field)
+    def listen_port(self, configured: int) -> int:
+        """The port this process serves on: the instance override, else the configured port."""
+        return self.instance_port if self.instance_port is not None else configured
 
     def database_url(self, service: str) -> str:
-        return getattr(self, f"{service}_database_url") or f"sqlite:///{self.var_dir / 'data' / service}.db"
+        return self.database_urls.get(service) or f"sqlite:///{self.var_dir / 'data' / service}.db"
 
     @cached_property
     def advertise_address(self) -> str:

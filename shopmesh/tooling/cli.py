@@ -18,7 +18,8 @@ from keycloak.exceptions import KeycloakError
 from rich.console import Console
 
 from shopmesh.runtime import invoices
-from shopmesh.tooling import codegen, gateway, health, install, realm, stack, watch
+from shopmesh.tooling import bringup, codegen, gateway, health, install, instances, realm, watch
+from shopmesh.tooling.programs import Program, programs
 from shopmesh.runtime.settings import Settings, load
 from shopmesh.tooling.supervise import UMASK, Supervisor
 
@@ -52,22 +53,22 @@ def _install(settings: Settings) -> install.Installed:
         raise  # unreachable: fail exits
 
 
-def _up(settings: Settings) -> list[stack.Program]:
+def _up(settings: Settings) -> list[Program]:
     installed = _install(settings)
     started = time.monotonic()
     try:
-        programs = stack.up(settings, installed, report=say)
-    except stack.StackError as error:
+        started_programs = bringup.up(settings, installed, report=say)
+    except bringup.StackError as error:
         fail(error)
         raise
-    say(f"all {len(programs)} parts healthy in {time.monotonic() - started:.0f} s")
-    for program in programs:
+    say(f"all {len(started_programs)} parts healthy in {time.monotonic() - started:.0f} s")
+    for program in started_programs:
         typer.echo(f"  {program.name:<{NAME_WIDTH}} {program.url}")
     typer.echo(f"  {'logs':<{NAME_WIDTH}} {settings.log_dir}/<part>.log   (shopmesh logs PART)")
     # Everything behind the gateway wants a token: the first curl fetches one of the development users.
     token = f"$({Path(sys.executable).parent / 'shopmesh'} token --user user1)"
     typer.echo(f'Try: curl -s -H "authorization: Bearer {token}" {settings.gateway_url}/v1/products')
-    return programs
+    return started_programs
 
 
 @app.command("install")
@@ -105,7 +106,7 @@ def run() -> None:
     except KeyboardInterrupt:
         say("stopping …")
     finally:
-        stack.down(settings)
+        bringup.down(settings)
         say("stopped")
 
 
@@ -114,7 +115,7 @@ def down() -> None:
     """Stop every part of this checkout's mesh; nothing is left running."""
     settings = load()
     say("stopping …" if Supervisor(settings).running() else "nothing is running")
-    stack.down(settings)
+    bringup.down(settings)
 
 
 @app.command()
@@ -127,7 +128,7 @@ def status() -> None:
         typer.echo("shopmesh is not running (start it with `make up` or `make run`)")
         raise typer.Exit(1)
     all_healthy = True
-    for program in stack.programs(settings, install.locations(settings)):
+    for program in programs(settings, install.locations(settings)):
         process = processes.get(program.name, {})
         problem = program.probe(settings) if process.get("statename") == "RUNNING" else "not running"
         all_healthy &= problem is None
@@ -141,19 +142,19 @@ def status() -> None:
 @app.command()
 def scale(
     service: Annotated[str, typer.Argument(help="customer-service, inventory-service or billing-service")],
-    instances: Annotated[int, typer.Argument(help="How many instances to run, 1 or more.")],
+    count: Annotated[int, typer.Argument(metavar="INSTANCES", help="How many instances to run, 1 or more.")],
 ) -> None:
     """Run SERVICE as INSTANCES processes; each registers in Consul under the same name and takes traffic."""
     settings = load()
     if not Supervisor(settings).running():
-        fail(stack.StackError("shopmesh is not running: start it with `make up` first"))
+        fail(bringup.StackError("shopmesh is not running: start it with `make up` first"))
+    name = service.removesuffix("-service")
     try:
-        ports = stack.plan_instances(settings, {service.removesuffix("-service"): instances})[
-            service.removesuffix("-service")]
-    except stack.StackError as error:
+        ports = instances.plan_instances(settings, {name: count})[name]
+    except instances.ScaleError as error:
         fail(error)
     _up(settings)
-    say(f"{service}: {instances} instance(s) on ports {', '.join(map(str, ports))}")
+    say(f"{service}: {count} instance(s) on ports {', '.join(map(str, ports))}")
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})

@@ -11,6 +11,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from kafka import KafkaAdminClient
 from kafka.errors import KafkaError
 
+from shopmesh.runtime.catalogue import service_id
 from shopmesh.runtime.settings import Settings
 
 _TIMEOUT = httpx.Timeout(2.0)
@@ -84,7 +85,7 @@ def service_instance(settings: Settings, consul_name: str, port: int) -> str | N
     """Healthy once the instance serves gRPC health and Consul's own check of it passes (so it takes traffic)."""
     if problem := grpc_serving(settings, port):
         return problem
-    return consul_passing(settings, f"{consul_name}-{settings.advertise_address}-{port}")
+    return consul_passing(settings, service_id(consul_name, settings.advertise_address, port))
 
 
 def consul_passing(settings: Settings, service_id: str) -> str | None:

@@ -30,7 +30,7 @@ class View:
     def take(self, topic: str, value: bytes, settings: Settings) -> None:
         try:
             record = json.loads(value)
-            if topic == settings.analytics_total_5s_topic:
+            if topic == settings.total_5s_topic:
                 self.windows[record["window_start"]] = record
             else:
                 self.customers[record["customer_name"]] = record
@@ -79,7 +79,7 @@ def read_all(settings: Settings, view: View, consumer: KafkaConsumer) -> None:
 
 
 def watch(settings: Settings, view: View, once: bool, refresh_seconds: float = 1.0) -> View:
-    topics = (settings.analytics_total_5s_topic, settings.analytics_by_customer_topic)
+    topics = (settings.total_5s_topic, settings.total_by_customer_topic)
     consumer = _consumer(settings, topics)
     try:
         read_all(settings, view, consumer)

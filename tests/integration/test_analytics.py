@@ -19,10 +19,10 @@ import pytest
 from kafka import KafkaProducer
 
 from dataflows import CONSUL_NAMES
-from dataflows.invoices import EPOCH, WINDOW
+from dataflows.totals import EPOCH, WINDOW
 from shopmesh.runtime import invoices
 from shopmesh.runtime.settings import Settings
-from tests.analytics import RunningDataflow, Topics, own_topics, stopped_at_the_end
+from shopmesh.tooling.dataflow_runs import RunningDataflow, Topics, own_topics, stopped_at_the_end
 from tests.conftest import shopmesh, wait_for
 from tests.kafka_topics import read_topic
 
@@ -233,7 +233,7 @@ def test_the_mesh_runs_both_dataflows_registered_in_consul_with_ttl_checks(mesh)
 
 def test_the_mesh_publishes_live_5_second_totals_of_the_producers_invoices(mesh):
     def recent_window():
-        windows = [json.loads(m.value) for m in read_topic(mesh, invoices.TOTAL_5S)]
+        windows = [json.loads(m.value) for m in read_topic(mesh, mesh.total_5s_topic)]
         recent = [w for w in windows if datetime.fromisoformat(w["window_end"]) > datetime.now(UTC) - timedelta(
             seconds=20)]
         return recent and recent[-1]
@@ -253,13 +253,13 @@ def test_every_bill_counts_in_its_customers_running_total(mesh, billing, tokens)
         if not (page := answer.get("nextPageToken")):
             break
     expected = (f"{sum(Decimal(b['total']) for b in bills):.2f}", len(bills))
-    record = wait_for(lambda: (found := _latest_by_key(mesh, invoices.TOTAL_BY_CUSTOMER).get(customer["name"]))
+    record = wait_for(lambda: (found := _latest_by_key(mesh, mesh.total_by_customer_topic).get(customer["name"]))
                       and found["count"] == len(bills) and found, 60, "the customer's running total")
     assert (record["total"], record["count"]) == expected
 
 
 def test_watch_shows_the_latest_windows_and_the_customers_totals(mesh):
-    latest = _latest_by_key(mesh, invoices.TOTAL_BY_CUSTOMER)
+    latest = _latest_by_key(mesh, mesh.total_by_customer_topic)
     shown = shopmesh("watch", "--once", "--windows", "3", env={**os.environ, "COLUMNS": "200"})
     assert shown.returncode == 0, shown.stderr
     assert "5-second windows (latest 3)" in shown.stdout and f"Customers ({len(latest)})" in shown.stdout

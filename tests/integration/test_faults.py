@@ -19,8 +19,7 @@ import httpx
 import pytest
 from kafka.errors import KafkaError
 
-from shopmesh.runtime import invoices
-from shopmesh.tooling import health, stack
+from shopmesh.tooling import health, instances
 from shopmesh.billing.v1 import billing_service_pb2 as billing
 from shopmesh.billing.v1 import billing_service_pb2_grpc as billing_grpc
 from shopmesh.tooling.supervise import Supervisor
@@ -84,7 +83,7 @@ def _outbox_check(mesh) -> dict:
 def _published(mesh) -> set[str]:
     """The invoice ids on FACTURATION; none while the broker, just back, does not serve metadata yet."""
     try:
-        return set(invoice_ids(read_topic(mesh, invoices.FACTURATION)))
+        return set(invoice_ids(read_topic(mesh, mesh.facturation_topic)))
     except KafkaError:
         return set()
 
@@ -92,7 +91,7 @@ def _published(mesh) -> set[str]:
 def _published_once(mesh, bill_ids: list[str]) -> None:
     wait_for(lambda: set(bill_ids) <= _published(mesh), 180, "every bill's event on FACTURATION")
     time.sleep(3)  # the relay's next rounds must not send any of them again
-    counts = Counter(invoice_ids(read_topic(mesh, invoices.FACTURATION)))
+    counts = Counter(invoice_ids(read_topic(mesh, mesh.facturation_topic)))
     assert {bill_id: counts[bill_id] for bill_id in bill_ids} == dict.fromkeys(bill_ids, 1)
 
 
@@ -190,7 +189,7 @@ def test_consul_restarted_under_reads_and_bills_fails_no_request(mesh, tokens, s
 
 
 def test_a_storm_of_createbill_calls_that_give_up_leaks_no_stock(mesh, tokens, stock):
-    channel = authorized_channel(f"{mesh.host}:{mesh.billing_service_port}", tokens, "billing-manager")
+    channel = authorized_channel(f"{mesh.host}:{mesh.service_ports['billing']}", tokens, "billing-manager")
     stub = billing_grpc.BillingServiceStub(channel)
     request = billing.CreateBillRequest(customer_id=stock.customer["id"], items=[
         billing.CreateBillRequest.Item(product_id=stock.product["id"], quantity=1)])
@@ -214,7 +213,7 @@ def test_a_storm_of_createbill_calls_that_give_up_leaks_no_stock(mesh, tokens, s
 
 
 def test_billing_killed_while_making_bills_leaks_no_stock(mesh, tokens, stock):
-    channel = authorized_channel(f"{mesh.host}:{mesh.billing_service_port}", tokens, "billing-manager")
+    channel = authorized_channel(f"{mesh.host}:{mesh.service_ports['billing']}", tokens, "billing-manager")
     stub = billing_grpc.BillingServiceStub(channel)
     request = billing.CreateBillRequest(customer_id=stock.customer["id"], items=[
         billing.CreateBillRequest.Item(product_id=stock.product["id"], quantity=1)])
@@ -235,7 +234,7 @@ def test_billing_killed_while_making_bills_leaks_no_stock(mesh, tokens, stock):
         time.sleep(1)
         stop.set()
     channel.close()
-    wait_for(lambda: health.service_instance(mesh, "billing-service", mesh.billing_service_port) is None, 60,
+    wait_for(lambda: health.service_instance(mesh, "billing-service", mesh.service_ports["billing"]) is None, 60,
              "billing to be back")
     # A bill left unstored by the kill is given back once stale (billing_stale_bill_seconds, 30 s by default).
     wait_for(stock.reconciled, mesh.billing_stale_bill_seconds + 60, "the stock of unstored bills to be given back")
@@ -249,7 +248,7 @@ def _outbox_publisher(mesh) -> tuple[str, str]:
         row = db.execute("SELECT holder FROM relay_lease WHERE name = 'outbox'").fetchone()
     if row is None:
         return "", ""
-    return row[0], next((program for program in stack.instance_programs(mesh, "billing")
+    return row[0], next((program for program in instances.instance_programs(mesh, "billing")
                          if f"({row[0]}) now publishes the outbox" in (mesh.log_dir / f"{program}.log").read_text()),
                         "")
 
@@ -260,11 +259,11 @@ def test_bills_made_on_every_billing_instance_are_published_once_even_when_the_p
     wait_for(lambda: all(check["Status"] == "passing" for check in
                          httpx.get(f"{mesh.consul_url}/v1/agent/checks", timeout=5).json().values()), 120,
              "every check in Consul to pass again")
-    scaled = len(stack.instance_programs(mesh, "billing")) < 2
+    scaled = len(instances.instance_programs(mesh, "billing")) < 2
     if scaled:  # a one-core machine runs one process per service: this test wants two
         assert shopmesh("scale", "billing-service", "2").returncode == 0
     try:
-        programs = stack.instance_programs(mesh, "billing")
+        programs = instances.instance_programs(mesh, "billing")
         served = {program: (mesh.log_dir / f"{program}.log").read_text().count("CreateBill OK") for program in programs}
         with httpx.Client(base_url=mesh.gateway_url, timeout=30, auth=Bearer(tokens, "billing-manager")) as client:
             bill_ids = [_bill(client, stock) for _ in range(20)]

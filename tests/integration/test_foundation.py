@@ -15,7 +15,8 @@ import pytest
 from kafka import KafkaConsumer, KafkaProducer
 from kafka.admin import KafkaAdminClient, NewTopic
 
-from shopmesh.tooling import install, stack
+from shopmesh.runtime import catalogue
+from shopmesh.tooling import install, instances
 from shopmesh.tooling.supervise import Supervisor
 from tests.conftest import SHOPMESH, shopmesh
 
@@ -102,7 +103,7 @@ def test_status_reports_every_part_healthy(mesh):
     status = shopmesh("status")
     assert status.returncode == 0, status.stdout + status.stderr
     lines = [line for line in status.stdout.splitlines() if line.strip()]
-    services = [program for name in stack.SERVICES for program in stack.instance_programs(mesh, name)]
+    services = [program for name in catalogue.names() for program in instances.instance_programs(mesh, name)]
     assert len(services) >= 3
     assert [line.split()[0] for line in lines] == [
         "consul", "kafka", "keycloak", "mesh-control-plane", "envoy", *services,

@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from shopmesh.tooling.codegen import DESCRIPTOR_SET
-from shopmesh.tooling.stack import free_port
+from shopmesh.tooling.instances import free_port
 from shopmesh.tooling.supervise import Supervisor
 from tests.conftest import email, shopmesh, wait_for
 from tests.load import GetLoop
@@ -186,7 +186,7 @@ def test_a_new_instance_takes_traffic_within_5_s_of_passing_without_restarting_e
 
 
 def test_killing_one_of_two_instances_during_200_gets_fails_none(mesh, rest, tokens, instance):
-    wait_for(lambda: _envoy_hosts(mesh, "customer-service") >= {instance.port, mesh.customer_service_port}, 30,
+    wait_for(lambda: _envoy_hosts(mesh, "customer-service") >= {instance.port, mesh.service_ports["customer"]}, 30,
               "Envoy to hold both instances")
     loop = GetLoop(mesh, _a_customer(rest), tokens, limit=200)
     with loop:

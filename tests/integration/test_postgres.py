@@ -23,7 +23,7 @@ from shopmesh.customer.v1 import customer_service_pb2 as customer
 from shopmesh.customer.v1 import customer_service_pb2_grpc as customer_grpc
 from shopmesh.inventory.v1 import inventory_service_pb2 as inventory
 from shopmesh.inventory.v1 import inventory_service_pb2_grpc as inventory_grpc
-from shopmesh.tooling.stack import free_port
+from shopmesh.tooling.instances import free_port
 from tests.auth import SERVICE_ACCOUNT, Bearer, authorized_channel
 from tests.conftest import wait_for
 
@@ -70,7 +70,7 @@ def service_on_postgres(mesh, postgres_url, tmp_path, tokens):
         """The instance's channel as mesh-admin, or one channel per user named."""
         port = free_port(mesh.host)
         env = {**os.environ, "SHOPMESH_INSTANCE_PORT": str(port),
-               f"SHOPMESH_{name.upper()}_DATABASE_URL": postgres_url}
+               f"SHOPMESH_DATABASE_URLS__{name.upper()}": postgres_url}
         with open(tmp_path / f"{name}.log", "w") as log:
             process = subprocess.Popen([sys.executable, "-m", f"services.{name}"], env=env, stdout=log,
                                        stderr=subprocess.STDOUT)

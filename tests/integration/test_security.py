@@ -105,34 +105,34 @@ def _grpcurl(mesh, token: str | None, port: int, method: str, body: dict) -> tup
     return done.returncode, done.stdout + done.stderr
 
 
-@pytest.mark.parametrize("user, port_setting, method, body, expected", [
-    ("user1", "customer_service_port", "shopmesh.customer.v1.CustomerService/ListCustomers", {}, "OK"),
-    ("user1", "customer_service_port", "shopmesh.customer.v1.CustomerService/CreateCustomer",
+@pytest.mark.parametrize("user, service, method, body, expected", [
+    ("user1", "customer", "shopmesh.customer.v1.CustomerService/ListCustomers", {}, "OK"),
+    ("user1", "customer", "shopmesh.customer.v1.CustomerService/CreateCustomer",
      {"customer": {"name": "x", "email": "x@example.com"}}, "PermissionDenied"),
-    ("customer-manager", "customer_service_port", "shopmesh.customer.v1.CustomerService/CreateCustomer",
+    ("customer-manager", "customer", "shopmesh.customer.v1.CustomerService/CreateCustomer",
      {"customer": {"name": "Direct", "email": "EMAIL"}}, "OK"),
-    ("product-manager", "billing_service_port", "shopmesh.billing.v1.BillingService/ListBills", {}, "PermissionDenied"),
-    ("billing-manager", "billing_service_port", "shopmesh.billing.v1.BillingService/ListBills", {}, "OK"),
-    ("customer-manager", "inventory_service_port", "shopmesh.inventory.v1.InventoryService/ReserveStock",
+    ("product-manager", "billing", "shopmesh.billing.v1.BillingService/ListBills", {}, "PermissionDenied"),
+    ("billing-manager", "billing", "shopmesh.billing.v1.BillingService/ListBills", {}, "OK"),
+    ("customer-manager", "inventory", "shopmesh.inventory.v1.InventoryService/ReserveStock",
      {"reservation_id": "r", "lines": [{"product_id": "p", "quantity": 1}]}, "PermissionDenied"),
     # The internal RPCs are the services' own: a person with every business role may not call them.
-    ("billing-manager", "inventory_service_port", "shopmesh.inventory.v1.InventoryService/ReleaseStock",
+    ("billing-manager", "inventory", "shopmesh.inventory.v1.InventoryService/ReleaseStock",
      {"reservation_id": "r"}, "PermissionDenied"),
-    ("billing-manager", "inventory_service_port", "shopmesh.inventory.v1.InventoryService/ReserveStock",
+    ("billing-manager", "inventory", "shopmesh.inventory.v1.InventoryService/ReserveStock",
      {"reservation_id": "r", "lines": [{"product_id": "p", "quantity": 1}]}, "PermissionDenied"),
-    ("mesh-admin", "inventory_service_port", "shopmesh.inventory.v1.InventoryService/ReleaseStock",
+    ("mesh-admin", "inventory", "shopmesh.inventory.v1.InventoryService/ReleaseStock",
      {"reservation_id": "r"}, "PermissionDenied"),
-    (SERVICE_ACCOUNT, "inventory_service_port", "shopmesh.inventory.v1.InventoryService/ReleaseStock",
+    (SERVICE_ACCOUNT, "inventory", "shopmesh.inventory.v1.InventoryService/ReleaseStock",
      {"reservation_id": "RANDOM"}, "OK"),
-    (None, "inventory_service_port", "shopmesh.inventory.v1.InventoryService/ListProducts", {}, "Unauthenticated"),
+    (None, "inventory", "shopmesh.inventory.v1.InventoryService/ListProducts", {}, "Unauthenticated"),
 ])
-def test_a_sample_of_the_table_straight_to_the_services_with_grpcurl(mesh, tokens, user, port_setting, method, body,
+def test_a_sample_of_the_table_straight_to_the_services_with_grpcurl(mesh, tokens, user, service, method, body,
                                                                      expected):
     if body.get("reservation_id") == "RANDOM":
         body = {"reservation_id": uuid.uuid4().hex}
     if "customer" in body and body["customer"]["email"] == "EMAIL":
         body = {"customer": {"name": "Direct", "email": f"{uuid.uuid4().hex[:10]}@example.com"}}
-    code, output = _grpcurl(mesh, tokens(user) if user else None, getattr(mesh, port_setting), method, body)
+    code, output = _grpcurl(mesh, tokens(user) if user else None, mesh.service_ports[service], method, body)
     if expected == "OK":
         assert code == 0, output
     else:
@@ -140,7 +140,7 @@ def test_a_sample_of_the_table_straight_to_the_services_with_grpcurl(mesh, token
 
 
 def test_health_and_reflection_stay_open_without_a_token(mesh):
-    address = f"{mesh.host}:{mesh.inventory_service_port}"
+    address = f"{mesh.host}:{mesh.service_ports['inventory']}"
     assert "SERVING" in shopmesh("grpcurl", "-plaintext", address, "grpc.health.v1.Health/Check").stdout
     assert "shopmesh.inventory.v1.InventoryService" in shopmesh("grpcurl", "-plaintext", address, "list").stdout
 
@@ -175,7 +175,7 @@ def _rejected_everywhere(mesh, token: str) -> None:
     answer = httpx.get(f"{mesh.gateway_url}/v1/products", headers={"authorization": f"Bearer {token}"})
     assert answer.status_code == 401, answer.text
     assert answer.headers["www-authenticate"].startswith("Bearer") and answer.json()["code"] == 16
-    code, output = _grpcurl(mesh, token, mesh.inventory_service_port,
+    code, output = _grpcurl(mesh, token, mesh.service_ports["inventory"],
                             "shopmesh.inventory.v1.InventoryService/ListProducts", {})
     assert code != 0 and "Code: Unauthenticated" in output, output
 
@@ -228,7 +228,7 @@ def test_a_new_realm_key_is_picked_up_by_envoy_and_the_services_without_restart(
         token = realm.token(mesh, "user1")["access_token"]
         header = token.split(".")[0]
         assert json.loads(base64.urlsafe_b64decode(header + "=" * (-len(header) % 4)))["kid"] == new_kid
-        code, output = _grpcurl(mesh, token, mesh.customer_service_port,
+        code, output = _grpcurl(mesh, token, mesh.service_ports["customer"],
                                 "shopmesh.customer.v1.CustomerService/ListCustomers", {})
         assert code == 0, output
         deadline = time.monotonic() + 45  # Envoy refetches the realm's keys every 30 s
@@ -339,7 +339,7 @@ def test_a_token_the_gateway_and_a_service_have_cached_is_refused_once_it_expire
         keycloak.update_client(client_id, {"attributes": {"access.token.lifespan": ""}})  # the realm's default
     expires = json.loads(base64.urlsafe_b64decode(token.split(".")[1] + "==="))["exp"]
     headers = {"authorization": f"Bearer {token}"}
-    channel = grpc.insecure_channel(f"{mesh.host}:{mesh.inventory_service_port}")
+    channel = grpc.insecure_channel(f"{mesh.host}:{mesh.service_ports['inventory']}")
     products = inventory_grpc.InventoryServiceStub(channel)
 
     def through_gateway() -> int:

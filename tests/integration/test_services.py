@@ -19,8 +19,8 @@ from shopmesh.customer.v1 import customer_service_pb2 as customer
 from shopmesh.customer.v1 import customer_service_pb2_grpc as customer_grpc
 from shopmesh.inventory.v1 import inventory_service_pb2 as inventory
 from shopmesh.inventory.v1 import inventory_service_pb2_grpc as inventory_grpc
-from shopmesh.tooling import stack
-from shopmesh.tooling.stack import free_port
+from shopmesh.tooling import instances
+from shopmesh.tooling.instances import free_port
 from tests.auth import authorized_channel
 from tests.conftest import shopmesh, wait_for
 
@@ -30,7 +30,7 @@ INVALID = grpc.StatusCode.INVALID_ARGUMENT
 @pytest.fixture(scope="module")
 def stubs(mesh, tokens):
     channels = [authorized_channel(f"{mesh.host}:{port}", tokens) for port in
-                (mesh.customer_service_port, mesh.inventory_service_port, mesh.billing_service_port)]
+                (mesh.service_ports["customer"], mesh.service_ports["inventory"], mesh.service_ports["billing"])]
     yield (customer_grpc.CustomerServiceStub(channels[0]), inventory_grpc.InventoryServiceStub(channels[1]),
            billing_grpc.BillingServiceStub(channels[2]))
     for channel in channels:
@@ -77,13 +77,13 @@ def _stock(products, product_id: str) -> int:
 # --- grpcurl, a real external client ------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("port_setting, service, rpc, key", [
-    ("customer_service_port", "shopmesh.customer.v1.CustomerService", "ListCustomers", "customers"),
-    ("inventory_service_port", "shopmesh.inventory.v1.InventoryService", "ListProducts", "products"),
-    ("billing_service_port", "shopmesh.billing.v1.BillingService", "ListBills", "bills"),
+@pytest.mark.parametrize("name, service, rpc, key", [
+    ("customer", "shopmesh.customer.v1.CustomerService", "ListCustomers", "customers"),
+    ("inventory", "shopmesh.inventory.v1.InventoryService", "ListProducts", "products"),
+    ("billing", "shopmesh.billing.v1.BillingService", "ListBills", "bills"),
 ])
-def test_grpcurl_lists_and_calls_each_service_through_reflection(mesh, tokens, port_setting, service, rpc, key):
-    address = f"{mesh.host}:{getattr(mesh, port_setting)}"
+def test_grpcurl_lists_and_calls_each_service_through_reflection(mesh, tokens, name, service, rpc, key):
+    address = f"{mesh.host}:{mesh.service_ports[name]}"
     listed = shopmesh("grpcurl", "-plaintext", address, "list")  # reflection needs no token
     assert listed.returncode == 0, listed.stderr
     assert service in listed.stdout.split() and "grpc.health.v1.Health" in listed.stdout.split()
@@ -94,7 +94,7 @@ def test_grpcurl_lists_and_calls_each_service_through_reflection(mesh, tokens, p
 
 
 def test_grpcurl_reports_a_validation_error_with_its_code(mesh, tokens):
-    address = f"{mesh.host}:{mesh.customer_service_port}"
+    address = f"{mesh.host}:{mesh.service_ports['customer']}"
     called = shopmesh("grpcurl", "-plaintext", "-H", f"authorization: Bearer {tokens()}", "-d", '{"customer": {"name": "", "email": "x@y.z"}}', address,
                       "shopmesh.customer.v1.CustomerService/CreateCustomer")
     assert called.returncode != 0
@@ -306,7 +306,7 @@ def test_each_service_is_in_consul_with_a_passing_grpc_check(mesh, service, own_
     """Every process of the service (service_processes of them unless scaled) is an instance with its checks."""
     entries = httpx.get(f"{mesh.consul_url}/v1/health/service/{service}").json()
     assert {entry["Service"]["Port"] for entry in entries} == set(
-        stack.instance_ports(mesh, service.removesuffix("-service")))
+        instances.instance_ports(mesh, service.removesuffix("-service")))
     for entry in entries:
         checks = [check for check in entry["Checks"] if check["ServiceName"] == service]
         assert [check["Type"] for check in checks if check["Name"] == f"Service '{service}' check"] == ["grpc"]
@@ -342,7 +342,7 @@ def test_billing_spreads_over_two_customer_instances_and_drops_a_killed_one(mesh
                                   env={**os.environ, "SHOPMESH_INSTANCE_PORT": str(port)})
     try:
         wait_for(lambda: port in _passing(mesh, "customer-service"), 30, "the second instance to pass")
-        mesh_logs = [mesh.log_dir / f"{name}.log" for name in stack.instance_programs(mesh, "customer")]
+        mesh_logs = [mesh.log_dir / f"{name}.log" for name in instances.instance_programs(mesh, "customer")]
         mesh_before = sum(log.read_text().count("GetCustomer OK") for log in mesh_logs)
         _bill_one(customers, products, bills)
         wait_for(lambda: log_path.read_text().count("GetCustomer OK") > 0, 10, "calls on the second instance")
@@ -350,7 +350,7 @@ def test_billing_spreads_over_two_customer_instances_and_drops_a_killed_one(mesh
                  "calls on the mesh's own instances")
 
         billing_log = mesh.log_dir / "billing-service.log"
-        the_mesh_own = {f"{mesh.host}:{each}" for each in stack.instance_ports(mesh, "customer")}
+        the_mesh_own = {f"{mesh.host}:{each}" for each in instances.instance_ports(mesh, "customer")}
         second.send_signal(signal.SIGKILL)
         second.wait()
         wait_for(lambda: port not in _passing(mesh, "customer-service"), 30, "the killed instance to turn critical")
@@ -366,7 +366,7 @@ def test_billing_spreads_over_two_customer_instances_and_drops_a_killed_one(mesh
 
 
 def test_scale_starts_another_registered_instance_and_scales_back(mesh):
-    before = stack.instance_ports(mesh, "inventory")
+    before = instances.instance_ports(mesh, "inventory")
     more = len(before) + 1
     scaled = shopmesh("scale", "inventory-service", str(more))
     assert scaled.returncode == 0, scaled.stderr

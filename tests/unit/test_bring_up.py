@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import re
+from dataclasses import fields
 
 import pytest
 
+from shopmesh.runtime.catalogue import names
 from shopmesh.runtime.settings import Settings
-from shopmesh.tooling.stack import SERVICES, BringUp, Program, StackError, instance_ports, plan_instances
+from shopmesh.tooling.bringup import BringUp, StackError
+from shopmesh.tooling.install import Installed
+from shopmesh.tooling.instances import ScaleError, instance_ports, plan_instances
+from shopmesh.tooling.programs import Program, programs
 from shopmesh.tooling.supervise import ProgramSpec, owner_only, render_config
 
 
@@ -40,8 +45,8 @@ class Processes:
 
 
 def _program(processes: Processes, name: str, requires=(), deadline=5.0) -> Program:
-    return Program(ProgramSpec(name, ["true"]), ports={}, probe=processes.probe(name), requires=requires,
-                   deadline=deadline)
+    return Program(name, lambda: ProgramSpec(name, ["true"]), ports={}, probe=processes.probe(name),
+                   requires=requires, deadline=deadline)
 
 
 def _bring_up(processes: Processes, programs, reports=None) -> BringUp:
@@ -121,8 +126,8 @@ def test_owner_only_takes_the_group_and_other_bits_off_a_tree(tmp_path):
 def test_each_service_runs_service_processes_instances_on_ports_chosen_once(tmp_path):
     settings = Settings(var_dir=tmp_path, service_processes=3)
     planned = plan_instances(settings)
-    assert {service: len(ports) for service, ports in planned.items()} == dict.fromkeys(SERVICES, 3)
-    assert planned["customer"][0] == settings.customer_service_port
+    assert {service: len(ports) for service, ports in planned.items()} == dict.fromkeys(names(), 3)
+    assert planned["customer"][0] == settings.service_ports["customer"]
     extra = [port for ports in planned.values() for port in ports[1:]]
     assert len(set(extra)) == len(extra) == 6
     # A later bring-up keeps every instance on its port; fewer processes keep the first ports.
@@ -133,11 +138,11 @@ def test_each_service_runs_service_processes_instances_on_ports_chosen_once(tmp_
 def test_scale_sets_one_service_s_count_over_the_setting(tmp_path):
     settings = Settings(var_dir=tmp_path, service_processes=2)
     planned = plan_instances(settings, {"inventory": 1})
-    assert [len(planned[service]) for service in SERVICES] == [2, 1, 2]
+    assert [len(planned[service]) for service in names()] == [2, 1, 2]
     assert len(plan_instances(settings, {"inventory": 4})["inventory"]) == 4
-    with pytest.raises(StackError, match="unknown service 'payment'"):
+    with pytest.raises(ScaleError, match="unknown service 'payment'"):
         plan_instances(settings, {"payment": 2})
-    with pytest.raises(StackError, match="at least one instance"):
+    with pytest.raises(ScaleError, match="at least one instance"):
         plan_instances(settings, {"billing": 0})
 
 
@@ -145,8 +150,8 @@ def test_a_scale_file_of_the_earlier_format_keeps_its_instances(tmp_path):
     settings = Settings(var_dir=tmp_path, service_processes=2)
     settings.run_dir.mkdir(parents=True)
     (settings.run_dir / "instances.json").write_text('{"inventory": [41001, 41002], "customer": []}')
-    assert instance_ports(settings, "inventory") == [settings.inventory_service_port, 41001, 41002]
-    assert instance_ports(settings, "customer") == [settings.customer_service_port]
+    assert instance_ports(settings, "inventory") == [settings.service_ports["inventory"], 41001, 41002]
+    assert instance_ports(settings, "customer") == [settings.service_ports["customer"]]
     assert len(instance_ports(settings, "billing")) == 1  # no port chosen yet: plan_instances chooses it
     assert len(plan_instances(settings)["billing"]) == 2
 
@@ -156,3 +161,16 @@ def test_the_default_process_count_follows_the_cpu_cores(monkeypatch):
         monkeypatch.setattr("os.cpu_count", lambda cores=cores: cores)
         settings = Settings()
         assert (settings.service_processes, settings.envoy_workers) == (processes, workers)
+
+
+def test_listing_the_programs_runs_nothing(tmp_path, monkeypatch):
+    """`shopmesh status` lists the programs: finding Java (which runs `java -version`) waits until they start."""
+    ran = []
+    monkeypatch.setattr("subprocess.run", lambda *args, **kwargs: ran.append(args))
+    monkeypatch.setattr("subprocess.Popen", lambda *args, **kwargs: ran.append(args))
+    settings = Settings(var_dir=tmp_path, service_processes=1)
+    listed = programs(settings, Installed(*(tmp_path / field.name for field in fields(Installed))))
+    assert ran == []
+    assert [program.name for program in listed][:5] == ["consul", "kafka", "keycloak", "mesh-control-plane", "envoy"]
+    billing = next(program for program in listed if program.name == "billing-service")
+    assert set(billing.requires) == {"consul", "customer-service", "inventory-service"}

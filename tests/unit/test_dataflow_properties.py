@@ -12,8 +12,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dataflows.invoices import (EPOCH, MAX_DEAD_LETTER_RAW, BadInvoice, ParsedInvoice, RunningTotal, WindowSum,
-                                customer_total, dead_letter, dead_letter_key, parse, window_total)
+from dataflows.totals import (EPOCH, MAX_DEAD_LETTER_RAW, RunningTotal, WindowSum, customer_total, dead_letter,
+                              dead_letter_key, window_total)
+from shopmesh.runtime.invoices import BadInvoice, Invoice, parse
 from shopmesh.runtime.money import MAX_CENTS
 
 NOW = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
@@ -34,7 +35,7 @@ amounts = st.one_of(st.integers(), st.decimals(allow_nan=True, allow_infinity=Tr
                     st.floats(), json_values)
 
 
-def _parse_or_bad(raw: bytes) -> ParsedInvoice | BadInvoice:
+def _parse_or_bad(raw: bytes) -> Invoice | BadInvoice:
     try:
         return parse(raw, now=NOW)
     except BadInvoice as reason:
@@ -45,7 +46,7 @@ def _parse_or_bad(raw: bytes) -> ParsedInvoice | BadInvoice:
 @given(st.binary(max_size=2000))
 def test_any_bytes_are_an_invoice_or_a_reason(raw):
     result = _parse_or_bad(raw)
-    assert isinstance(result, (ParsedInvoice, BadInvoice))
+    assert isinstance(result, (Invoice, BadInvoice))
     record = dead_letter(str(result), raw, "FACTURATION", 0, 0) if isinstance(result, BadInvoice) else b""
     assert len(record) < RECORD_BOUND
     if record:
@@ -62,7 +63,7 @@ def test_any_bytes_are_an_invoice_or_a_reason(raw):
 def test_any_json_object_is_an_invoice_or_a_reason(fields, extra):
     raw = json.dumps({**extra, **fields}, default=str).encode()
     result = _parse_or_bad(raw)
-    if isinstance(result, ParsedInvoice):
+    if isinstance(result, Invoice):
         assert 0 <= result.amount_cents < MAX_CENTS
         assert EPOCH <= result.issued_at <= NOW + timedelta(minutes=5)
         assert result.issued_at.tzinfo is not None
@@ -109,7 +110,7 @@ def test_an_invoice_a_little_ahead_of_the_clock_is_counted_and_further_is_future
         parse(at(NOW + timedelta(seconds=301)), now=NOW)
 
 
-invoices = st.builds(ParsedInvoice, invoice_id=st.sampled_from([f"i{n}" for n in range(30)]),
+invoices = st.builds(Invoice, invoice_id=st.sampled_from([f"i{n}" for n in range(30)]),
                      customer_name=st.sampled_from(["Imane", "Mohamed"]),
                      amount_cents=st.integers(min_value=0, max_value=MAX_CENTS - 1),
                      issued_at=st.just(NOW))
@@ -181,9 +182,9 @@ def test_a_snapshot_of_a_running_total_does_not_change_with_it():
     import copy
 
     total = RunningTotal()
-    total.add(ParsedInvoice("a", "C", 100, NOW))
+    total.add(Invoice("a", "C", 100, NOW))
     kept = copy.deepcopy(total)
-    total.add(ParsedInvoice("b", "C", 50, NOW + timedelta(seconds=1)))
+    total.add(Invoice("b", "C", 50, NOW + timedelta(seconds=1)))
     assert (kept.total_cents, kept.count, kept.updated_at, list(kept.recent_ids)) == (100, 1, NOW, ["a"])
     assert (total.total_cents, total.count, list(total.recent_ids)) == (150, 2, ["a", "b"])
 

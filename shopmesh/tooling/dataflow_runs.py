@@ -1,4 +1,4 @@
-"""Running the dataflows on topics of one's own, for the tests and the stream bench."""
+"""Running a dataflow on topics of its own beside the mesh's, as the tests and the stream bench do."""
 
 from __future__ import annotations
 
@@ -30,8 +30,8 @@ class Topics:
         return cls(f"test-{tag}-in", f"test-{tag}-5s", f"test-{tag}-by-customer", f"test-{tag}-dlq")
 
     def env(self) -> dict[str, str]:
-        return {"SHOPMESH_ANALYTICS_INPUT_TOPIC": self.input, "SHOPMESH_ANALYTICS_TOTAL_5S_TOPIC": self.total_5s,
-                "SHOPMESH_ANALYTICS_BY_CUSTOMER_TOPIC": self.by_customer, "SHOPMESH_ANALYTICS_DLQ_TOPIC": self.dlq}
+        return {"SHOPMESH_FACTURATION_TOPIC": self.input, "SHOPMESH_TOTAL_5S_TOPIC": self.total_5s,
+                "SHOPMESH_TOTAL_BY_CUSTOMER_TOPIC": self.by_customer, "SHOPMESH_DLQ_TOPIC": self.dlq}
 
 
 @contextmanager
