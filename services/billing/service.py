@@ -15,7 +15,7 @@ from services.billing.clients import Customers, Inventory
 from services.billing.outbox import OutboxRelay
 from services.billing.reservations import Reservations, store_pending
 from shopmesh.runtime.auth import ServiceToken
-from services.seeds import BILLS
+from services import seeds
 from shopmesh.runtime import invoices
 from shopmesh.billing.v1 import billing_service_pb2 as pb
 from shopmesh.billing.v1 import billing_service_pb2_grpc as pb_grpc
@@ -198,7 +198,7 @@ def seed(session: Session) -> None:
     """Two bills of the original's customers and products, at the seeded prices (no stock is taken)."""
     if session.scalar(select(func.count()).select_from(BillRow)):
         return
-    for bill in BILLS:
+    for bill in seeds.BILLS:
         items = [
             BillItemRow(position=position, product_id=product.id, product_name=product.name, quantity=quantity,
                         unit_price_cents=product.price_cents, amount_cents=product.price_cents * quantity)
