@@ -10,12 +10,13 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
 WORKDIR /app
 RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
-# Dependencies first (pinned in pyproject.toml), so that a change to the code does not reinstall them.
-COPY pyproject.toml README.md ./
+# Dependencies first (requirements.lock, each checked against its hash), so that a change to the code does not
+# reinstall them.
+COPY pyproject.toml README.md requirements.lock ./
 COPY shopmesh/__init__.py shopmesh/
 COPY services/__init__.py services/
 COPY dataflows/__init__.py dataflows/
-RUN pip install --editable '.[postgres]'
+RUN pip install --require-hashes -r requirements.lock && pip install --no-deps --editable .
 COPY protos/ protos/
 COPY shopmesh/ shopmesh/
 COPY services/ services/

@@ -4,12 +4,16 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run up down status logs watch install test unit clean
+.PHONY: run up down status logs watch install test unit lint lock clean
 
-$(STAMP): pyproject.toml
+# Every Python package comes from a lock file, each checked against its hash: requirements.lock holds what the mesh
+# runs (the Docker image installs it), requirements-dev.lock adds the tests' and checks' tools within the same
+# versions. pyproject.toml keeps the direct pins, and `make lock` writes both lock files from them.
+$(STAMP): pyproject.toml requirements-dev.lock
 	@command -v $(PYTHON) >/dev/null || { echo "shopmesh needs Python 3.11 ($(PYTHON) not found)"; exit 1; }
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[test]'
+	$(BIN)/pip install --quiet --disable-pip-version-check --require-hashes -r requirements-dev.lock
+	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps -e .
 	@touch $@
 
 install: $(STAMP)
@@ -33,11 +37,27 @@ logs: $(STAMP)
 watch: $(STAMP)
 	$(BIN)/shopmesh watch
 
-test: install
+test: install lint
 	$(BIN)/pytest
 
+# The fast tier: no component runs, nothing is installed beyond the Python packages.
 unit: $(STAMP)
+	$(BIN)/shopmesh codegen
 	$(BIN)/pytest tests/unit
+
+# ruff (lint and format) and mypy over the code; the generated modules are read through their .pyi stubs.
+lint: $(STAMP)
+	$(BIN)/shopmesh codegen
+	$(BIN)/ruff check shopmesh services dataflows tests bench
+	$(BIN)/ruff format --check shopmesh services dataflows tests bench
+	$(BIN)/mypy
+
+LOCK := $(BIN)/uv pip compile pyproject.toml --generate-hashes --python-version 3.11 \
+	--python-platform x86_64-manylinux_2_31 --custom-compile-command "make lock" --quiet
+
+lock: $(STAMP)
+	$(LOCK) --extra postgres -o requirements.lock
+	$(LOCK) --all-extras -c requirements.lock -o requirements-dev.lock
 
 clean: down
 	rm -rf var

@@ -27,8 +27,12 @@ from shopmesh.runtime.settings import Settings, load
 log = logging.getLogger("dataflows")
 
 
-FLOWS = {"totals_5s": totals_5s.flow, "totals_by_customer": totals_by_customer.flow}
-Name = Enum("Name", {name: name for name in FLOWS}, type=str)
+class Name(str, Enum):
+    totals_5s = "totals_5s"
+    totals_by_customer = "totals_by_customer"
+
+
+FLOWS = {Name.totals_5s.value: totals_5s.flow, Name.totals_by_customer.value: totals_by_customer.flow}
 
 
 def recovery_store(name: Name, settings: Settings) -> Path:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeGuard, cast
 from datetime import timedelta
 
 import bytewax.connectors.kafka.operators as kop
@@ -30,19 +32,50 @@ class Received:
     message: Message
 
 
-def invoices(flow: Dataflow, settings: Settings, report_unreadable: bool) -> Stream[Received]:
+@dataclass(frozen=True)
+class Edges:
+    """Where a dataflow reads its messages and writes its records: Kafka in the mesh (kafka_edges), Bytewax's
+    testing source and sinks in the fast tier."""
+
+    #: The input step: the messages of the input topic.
+    read: Callable[[Dataflow], Stream[Message]]
+    #: An output step: write(step_id, records, topic).
+    write: Callable[[str, Stream[KafkaSinkMessage], str], None]
+    #: How many partitions a topic has (0 when it cannot be told).
+    partitions: Callable[[str], int]
+
+
+def kafka_edges(settings: Settings) -> Edges:
+    def read(flow: Dataflow) -> Stream[Message]:
+        consumed = kop.input("read invoices", flow, brokers=[settings.kafka_bootstrap],
+                             topics=[settings.facturation_topic])
+        # A consumer error (a broker away, say) is no message: it is logged; librdkafka reconnects by itself.
+        op.inspect("consumer errors", consumed.errs, lambda _step, error: log.warning("kafka: %s", error.err.str()))
+        return consumed.oks
+
+    def write(step_id: str, up: Stream[KafkaSinkMessage], topic: str) -> None:
+        # acks=all and idempotence: a record the dataflow wrote is not lost on a broker hiccup, nor written twice
+        # by the producer's own retries.
+        kop.output(step_id, up, brokers=[settings.kafka_bootstrap], topic=topic,
+                   add_config={"acks": "all", "enable.idempotence": "true", "linger.ms": "5"})
+
+    return Edges(read, write, lambda topic: partition_count(settings, topic))
+
+
+def invoices(flow: Dataflow, settings: Settings, edges: Edges, report_unreadable: bool) -> Stream[Received]:
     """The valid invoices of the input topic. The others go to the dead-letter topic with their reason when
     report_unreadable: both dataflows read every message, and one of them reporting it is enough."""
-    consumed = kop.input("read invoices", flow, brokers=[settings.kafka_bootstrap],
-                         topics=[settings.facturation_topic])
     max_skew = timedelta(seconds=settings.analytics_future_seconds)
-    checked = op.map("parse", consumed.oks, lambda message: _check(message, max_skew))
-    valid = op.branch("valid?", checked, lambda item: isinstance(item, Received))
+    checked = op.map("parse", edges.read(flow), lambda message: _check(message, max_skew))
+    valid = op.branch("valid?", checked, _is_received)
     if report_unreadable:
-        write("write dead letters", valid.falses, settings.dlq_topic, settings)
-    # A consumer error (a broker away, say) is no message: it is logged; librdkafka reconnects by itself.
-    op.inspect("consumer errors", consumed.errs, lambda _step, error: log.warning("kafka: %s", error.err.str()))
+        # What is not a Received is the dead letter _check made of it.
+        edges.write("write dead letters", cast(Stream[KafkaSinkMessage], valid.falses), settings.dlq_topic)
     return valid.trues
+
+
+def _is_received(item: Received | KafkaSinkMessage) -> TypeGuard[Received]:
+    return isinstance(item, Received)
 
 
 def _check(message: Message, max_skew: timedelta) -> Received | KafkaSinkMessage:
@@ -56,13 +89,6 @@ def to_dead_letter(reason: str, message: Message) -> KafkaSinkMessage:
     """The dead letter of a message: keyed as it was, naming where it was read."""
     return KafkaSinkMessage(dead_letter_key(message.key), dead_letter(reason, message.value or b"", message.topic or "",
                                                      message.partition or 0, message.offset or 0))
-
-
-def write(step_id: str, up: Stream[KafkaSinkMessage], topic: str, settings: Settings) -> None:
-    # acks=all and idempotence: a record the dataflow wrote is not lost on a broker hiccup, nor written twice by
-    # the producer's own retries.
-    kop.output(step_id, up, brokers=[settings.kafka_bootstrap], topic=topic,
-               add_config={"acks": "all", "enable.idempotence": "true", "linger.ms": "5"})
 
 
 def partition_count(settings: Settings, topic: str) -> int:

@@ -6,7 +6,7 @@ that arrives for a closed window goes to the dead-letter topic with the reason `
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import bytewax.operators as op
 from bytewax.connectors.kafka import KafkaSinkMessage
@@ -20,15 +20,16 @@ from shopmesh.runtime.invoices import iso_millis
 from shopmesh.runtime.settings import Settings, load
 
 
-def flow(settings: Settings | None = None) -> Dataflow:
+def flow(settings: Settings | None = None, edges: kafka.Edges | None = None) -> Dataflow:
     settings = settings or load()
+    edges = edges or kafka.kafka_edges(settings)
     late_after = timedelta(seconds=settings.analytics_late_seconds)
     flow = Dataflow("totals_5s")
-    received = kafka.invoices(flow, settings, report_unreadable=False)  # totals_by_customer reports them
+    received = kafka.invoices(flow, settings, edges, report_unreadable=False)  # totals_by_customer reports them
     # One key: every window totals all customers.
     everything = op.key_on("all customers", received, lambda _: "all")
-    clock = PartitionedEventClock(lambda item: item.invoice.issued_at, lambda item: item.message.partition,
-                                  kafka.partition_count(settings, settings.facturation_topic),
+    clock = PartitionedEventClock(_issued_at, _partition,
+                                  edges.partitions(settings.facturation_topic),
                                   wait_for_system_duration=late_after,
                                   # Wake up when a window can close, not at its end, which would poll until then.
                                   to_system_utc=lambda close: close + late_after)
@@ -36,10 +37,18 @@ def flow(settings: Settings | None = None) -> Dataflow:
                           WindowSum, lambda window, item: window.add(item.invoice), WindowSum.merge,
                           ordered=False)
     closed = op.map("window totals", windows.down, _record)
-    kafka.write("write totals", closed, settings.total_5s_topic, settings)
+    edges.write("write totals", closed, settings.total_5s_topic)
     late = op.map("late invoices", windows.late, lambda keyed: kafka.to_dead_letter("late", keyed[1][1].message))
-    kafka.write("write late invoices", late, settings.dlq_topic, settings)
+    edges.write("write late invoices", late, settings.dlq_topic)
     return flow
+
+
+def _issued_at(item: kafka.Received) -> datetime:
+    return item.invoice.issued_at
+
+
+def _partition(item: kafka.Received) -> int:
+    return item.message.partition or 0
 
 
 def _record(keyed: tuple[str, tuple[int, WindowSum]]) -> KafkaSinkMessage:

@@ -15,13 +15,14 @@ from dataflows.totals import RunningTotal, customer_total
 from shopmesh.runtime.settings import Settings, load
 
 
-def flow(settings: Settings | None = None) -> Dataflow:
+def flow(settings: Settings | None = None, edges: kafka.Edges | None = None) -> Dataflow:
     settings = settings or load()
+    edges = edges or kafka.kafka_edges(settings)
     flow = Dataflow("totals_by_customer")
-    received = kafka.invoices(flow, settings, report_unreadable=True)
+    received = kafka.invoices(flow, settings, edges, report_unreadable=True)
     by_customer = op.key_on("by customer", received, lambda item: item.invoice.customer_name)
     totals = op.stateful_flat_map("running totals", by_customer, _add)
-    kafka.write("write totals", op.key_rm("records", totals), settings.total_by_customer_topic, settings)
+    edges.write("write totals", op.key_rm("records", totals), settings.total_by_customer_topic)
     return flow
 
 

@@ -15,6 +15,7 @@ import copy
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from bytewax.operators.windowing import (UTC_MAX, UTC_MIN, Clock, ClockLogic, TumblingWindower, WindowerLogic,
                                          WindowMetadata, Windower)
@@ -76,8 +77,8 @@ class _PartitionedState:
 
 @dataclass
 class _PartitionedClockLogic(ClockLogic):
-    timestamp_of: Callable[[object], datetime]
-    partition_of: Callable[[object], int]
+    timestamp_of: Callable[[Any], datetime]
+    partition_of: Callable[[Any], int]
     partitions: int
     wait: timedelta
     to_system: Callable[[datetime], datetime | None]
@@ -142,8 +143,8 @@ class PartitionedEventClock(Clock):
     event time that every partition has reached: the least of the partitions' latest event times (each moved on
     by the system time since, so an idle partition holds nothing back), less the wait."""
 
-    timestamp_of: Callable[[object], datetime]
-    partition_of: Callable[[object], int]
+    timestamp_of: Callable[[Any], datetime]
+    partition_of: Callable[[Any], int]
     #: How many partitions the input has (0: not known, then only the partitions seen count).
     partitions: int
     wait_for_system_duration: timedelta

@@ -1,8 +1,11 @@
-"""The real mesh, started once per test session (as `make up` does) and stopped at the end if the session
-started it."""
+"""The suite's own real mesh: started once per test session (as `make up` does), with its own state under
+var/test/ and its own ports, so that the suite never touches the data of a mesh a person is running on the
+contract's ports; stopped at the end if the session started it (SHOPMESH_TEST_KEEP_MESH=1 keeps it for the next
+run)."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -12,11 +15,26 @@ from pathlib import Path
 import httpx
 import pytest
 
-from shopmesh.runtime.settings import Settings, load
+from shopmesh.runtime.catalogue import SERVICES
+from shopmesh.runtime.settings import PROJECT_ROOT, Settings, load
 from shopmesh.tooling.supervise import Supervisor
 from tests.auth import Bearer, Tokens
 
 SHOPMESH = [sys.executable, "-m", "shopmesh.tooling.cli"]
+
+#: Where the suite's mesh lives: set for the whole session, so the processes the tests start (the mesh itself,
+#: extra instances, dataflows, the CLI) all find it. The unit tests clear every SHOPMESH_* variable.
+TEST_MESH = {
+    "SHOPMESH_VAR_DIR": str(PROJECT_ROOT / "var" / "test"),
+    "SHOPMESH_CONSUL_HTTP_PORT": "28500", "SHOPMESH_CONSUL_DNS_PORT": "28600",
+    "SHOPMESH_CONSUL_SERVER_PORT": "28300", "SHOPMESH_CONSUL_SERF_LAN_PORT": "28301",
+    "SHOPMESH_KAFKA_PORT": "29092", "SHOPMESH_KAFKA_CONTROLLER_PORT": "29093",
+    "SHOPMESH_KEYCLOAK_PORT": "28180", "SHOPMESH_GATEWAY_PORT": "28080", "SHOPMESH_ENVOY_ADMIN_PORT": "29901",
+    "SHOPMESH_CONTROL_PLANE_PORT": "28000",
+    **{f"SHOPMESH_SERVICE_PORTS__{service.name.upper()}": str(28051 + number)
+       for number, service in enumerate(SERVICES)},
+}
+os.environ.update(TEST_MESH)
 
 
 def shopmesh(*args: str, env: dict[str, str] | None = None, timeout: float = 900) -> subprocess.CompletedProcess:
@@ -41,7 +59,7 @@ def mesh() -> Settings:
     if started.returncode != 0:
         pytest.fail(f"shopmesh up failed:\n{started.stdout}\n{started.stderr}")
     yield settings
-    if not already_running:
+    if not already_running and os.environ.get("SHOPMESH_TEST_KEEP_MESH") != "1":
         shopmesh("down")
 
 

@@ -19,13 +19,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
+from typing import cast
 from datetime import UTC, datetime, timedelta
 
 from kafka import KafkaProducer
-from sqlalchemy import Connection, delete, func, insert, or_, select, update
+from sqlalchemy import Connection, CursorResult, delete, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
-from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_exponential
 
 from services.billing.models import OutboxRow, RelayLeaseRow
 from shopmesh.runtime import invoices
@@ -82,9 +83,7 @@ class OutboxRelay:
     async def _supervise(self) -> None:
         async for attempt in AsyncRetrying(
             retry=retry_if_exception_type(Exception), wait=wait_exponential(multiplier=0.5, max=15),
-            before_sleep=lambda state: log.warning(
-                "the outbox relay failed (%s); the events wait in the outbox, retrying in %.1f s",
-                state.outcome.exception(), state.next_action.sleep),
+            before_sleep=_report_retry,
         ):
             with attempt:
                 await self._relay()
@@ -116,7 +115,7 @@ class OutboxRelay:
             renewed = session.execute(update(RelayLeaseRow).where(
                 RelayLeaseRow.name == "outbox",
                 or_(RelayLeaseRow.holder == self.holder, RelayLeaseRow.expires_at < now)).values(**lease))
-            if renewed.rowcount:
+            if cast(CursorResult, renewed).rowcount:  # an UPDATE's result is a cursor result
                 return True
             if session.get(RelayLeaseRow, "outbox") is not None:
                 return False  # another relay holds it
@@ -198,3 +197,9 @@ class OutboxRelay:
         if age > self.settings.outbox_warning_seconds:
             return "warning", f"{number} invoice events wait to be published to Kafka, the oldest for {age:.0f} s"
         return "passing", f"{number} invoice events waiting; {self.published} published since start"
+
+
+def _report_retry(state: RetryCallState) -> None:
+    failure = state.outcome.exception() if state.outcome is not None else None
+    wait = state.next_action.sleep if state.next_action is not None else 0.0
+    log.warning("the outbox relay failed (%s); the events wait in the outbox, retrying in %.1f s", failure, wait)

@@ -20,7 +20,7 @@ from shopmesh.runtime import invoices
 from shopmesh.billing.v1 import billing_service_pb2 as pb
 from shopmesh.billing.v1 import billing_service_pb2_grpc as pb_grpc
 from shopmesh.customer.v1.customer_service_pb2 import Customer
-from shopmesh.runtime.db import Database
+from shopmesh.runtime.db import Database, table
 from shopmesh.runtime.discovery import StatusCheck
 from shopmesh.runtime.errors import InvalidArgument, NotFound, shown
 from shopmesh.inventory.v1.inventory_service_pb2 import Product
@@ -33,9 +33,9 @@ from shopmesh.runtime.settings import Settings
 log = logging.getLogger(__name__)
 
 
-BILLS = BillRow.__table__
-ITEMS = BillItemRow.__table__
-OUTBOX = OutboxRow.__table__
+BILLS = table(BillRow)
+ITEMS = table(BillItemRow)
+OUTBOX = table(OutboxRow)
 #: Built once: a statement made per call costs more than the read itself.
 BILL_BY_ID = select(BILLS).where(BILLS.c.id == bindparam("id"))
 ITEMS_OF = select(ITEMS).where(ITEMS.c.bill_seq.in_(bindparam("seqs", expanding=True))).order_by(
@@ -119,7 +119,10 @@ def new_bill(bill_id: str, customer: Customer, lines: list[tuple[str, int]],
 
 def store_bill(connection: Connection, bill: NewBill, items: list[NewItem], event: invoices.Invoice) -> None:
     """The bill, its lines and its invoice event, in the caller's transaction: stored together or not at all."""
-    seq = connection.execute(insert(BILLS), bill._asdict()).inserted_primary_key[0]
+    stored = connection.execute(insert(BILLS), bill._asdict()).inserted_primary_key
+    if stored is None:
+        raise RuntimeError("the database gave no key for the bill it stored")
+    seq = stored[0]
     connection.execute(insert(ITEMS), [{"bill_seq": seq, **item._asdict()} for item in items])
     connection.execute(insert(OUTBOX), {"invoice_id": bill.id, "key": event.key(), "value": event.value(),
                                         "created_at": bill.billing_date})

@@ -10,7 +10,7 @@ from services.customer.models import UNIQUE_EMAIL, Base, CustomerRow
 from services.seeds import CUSTOMERS
 from shopmesh.customer.v1 import customer_service_pb2 as pb
 from shopmesh.customer.v1 import customer_service_pb2_grpc as pb_grpc
-from shopmesh.runtime.db import Database
+from shopmesh.runtime.db import Database, table
 from shopmesh.runtime.discovery import StatusCheck
 from shopmesh.runtime.errors import AlreadyExists, InvalidArgument, NotFound, shown
 from shopmesh.runtime.resources import check_id, check_name, fields_to_update, new_id, page, target_id
@@ -24,7 +24,7 @@ MAX_EMAIL = 254
 
 
 #: What a read selects: the table's columns as Core rows (row.id, row.name, row.email), no ORM objects.
-TABLE = CustomerRow.__table__
+TABLE = table(CustomerRow)
 #: Built once: a statement made per call costs more than the read itself.
 BY_ID = select(TABLE).where(TABLE.c.id == bindparam("id"))
 

@@ -8,7 +8,7 @@ from sqlalchemy.orm import Session
 
 from services.inventory.models import Base, ProductRow, ReservationLineRow, ReservationRow
 from services.seeds import PRODUCTS
-from shopmesh.runtime.db import Database
+from shopmesh.runtime.db import Database, table
 from shopmesh.runtime.discovery import StatusCheck
 from shopmesh.runtime.errors import FailedPrecondition, InvalidArgument, NotFound, shown
 from shopmesh.inventory.v1 import inventory_service_pb2 as pb
@@ -23,9 +23,9 @@ UPDATABLE = ("name", "price", "quantity")
 
 
 #: What a read selects: the table's columns as Core rows, no ORM objects.
-TABLE = ProductRow.__table__
-RESERVATIONS = ReservationRow.__table__
-LINES = ReservationLineRow.__table__
+TABLE = table(ProductRow)
+RESERVATIONS = table(ReservationRow)
+LINES = table(ReservationLineRow)
 #: Built once: a statement made per call costs more than the read itself.
 BY_ID = select(TABLE).where(TABLE.c.id == bindparam("id"))
 RESERVATION_RELEASED = select(RESERVATIONS.c.released).where(RESERVATIONS.c.id == bindparam("id"))
@@ -41,7 +41,7 @@ def to_message(row) -> pb.Product:
 
 def clean(product: pb.Product, fields: tuple[str, ...] | list[str]) -> dict:
     """The validated column values of the named fields."""
-    values = {}
+    values: dict[str, object] = {}
     if "name" in fields:
         values["name"] = check_name(product.name, "product.name")
     if "price" in fields:

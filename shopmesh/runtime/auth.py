@@ -7,6 +7,7 @@ import asyncio
 import logging
 import time
 from collections import OrderedDict
+from typing import Protocol
 
 import grpc
 import jwt
@@ -51,6 +52,12 @@ class VerifiedTokens:
             self._claims.popitem(last=False)
 
 
+class Verifier(Protocol):
+    """What checks a bearer token: its claims, or a jwt.InvalidTokenError saying why not."""
+
+    def claims(self, token: str) -> dict: ...
+
+
 class TokenVerifier:
     """Checks signature (against the realm's JWKS, cached; an unknown key id refetches it), issuer, audience
     and expiry; answers the claims."""
@@ -76,7 +83,7 @@ def _deny(code: grpc.StatusCode, message: str) -> grpc.RpcMethodHandler:
 class Authorization(ServerInterceptor):
     """UNAUTHENTICATED without a valid token, PERMISSION_DENIED without a role the table asks for the method."""
 
-    def __init__(self, verifier: TokenVerifier) -> None:
+    def __init__(self, verifier: Verifier) -> None:
         self.verifier = verifier
         self.verified = VerifiedTokens()
 
@@ -84,16 +91,18 @@ class Authorization(ServerInterceptor):
         if is_open(details.method):
             return await continuation(details)
         header = dict(details.invocation_metadata or ()).get("authorization", "")
-        scheme, _, token = header.partition(" ")
+        scheme, _, token = header.partition(" ") if isinstance(header, str) else ("", "", "")
         if scheme.lower() != "bearer" or not token:
             return _deny(grpc.StatusCode.UNAUTHENTICATED, "a Keycloak access token is required: authorization: Bearer <token>")
         token = token.strip()
         try:
             # A token verified before is not verified again until it expires; a new one is, off the event loop.
-            claims = self.verified.get(token)
-            if claims is None:
+            cached = self.verified.get(token)
+            if cached is None:
                 claims = await asyncio.to_thread(self.verifier.claims, token)
                 self.verified.put(token, claims)
+            else:
+                claims = cached
         except jwt.PyJWKClientConnectionError as error:
             log.warning("cannot fetch the realm's keys: %s", error)
             return _deny(grpc.StatusCode.UNAVAILABLE, "the token cannot be checked now: Keycloak is unreachable")

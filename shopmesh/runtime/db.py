@@ -16,9 +16,9 @@ import logging
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TypeVar
+from typing import TypeVar, cast
 
-from sqlalchemy import Connection, Engine, Index, MetaData, create_engine, event
+from sqlalchemy import Connection, Engine, Index, MetaData, Table, create_engine, event
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.schema import CreateIndex
@@ -141,3 +141,8 @@ class Database:
             await self.run(work)
         except IntegrityError:
             pass
+
+
+def table(model: type) -> Table:
+    """The Core table of a declarative model, for statements built once (the ORM types it as any FromClause)."""
+    return cast(Table, model.__table__)  # type: ignore[attr-defined]

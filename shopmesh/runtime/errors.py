@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import grpc
 from google.rpc import status_pb2
@@ -70,13 +71,14 @@ class ErrorMapping(ServerInterceptor):
 
     async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
+        details = handler_call_details
         handler = await continuation(details)
         if handler is None or handler.unary_unary is None:
             return handler
-        behaviour = handler.unary_unary
+        behaviour: Any = handler.unary_unary  # an async handler on a grpc.aio server
 
         async def mapped(request, context: grpc.aio.ServicerContext):
             started = time.perf_counter()

@@ -97,8 +97,8 @@ def page(connection: Connection, query: Select, key: ColumnElement, page_size: i
     after = paging.decode_token(page_token, key_type)
     if after is not None:
         query = query.where(key < after if descending else key > after)
-    rows = connection.execute(query.order_by(key.desc() if descending else key).limit(size + 1)).all()
+    rows = list(connection.execute(query.order_by(key.desc() if descending else key).limit(size + 1)).all())
     if len(rows) <= size:
         return rows, ""
     rows = rows[:size]
-    return rows, paging.encode_token(getattr(rows[-1], key.key))
+    return rows, paging.encode_token(rows[-1]._mapping[key])

@@ -15,7 +15,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
-from shopmesh.runtime.auth import Authorization, TokenVerifier
+from shopmesh.runtime.auth import Authorization, TokenVerifier, Verifier
 from shopmesh.runtime.catalogue import ServicePart
 from shopmesh.runtime.discovery import Registration, StatusCheck
 from shopmesh.runtime.errors import ErrorMapping
@@ -44,8 +44,11 @@ class BatchedLogHandler(logging.StreamHandler):
             self.write_out()
 
     def write_out(self) -> None:
-        with self.lock:
+        self.acquire()
+        try:
             self.stream.flush()
+        finally:
+            self.release()
 
 
 async def flush_logs(handler: BatchedLogHandler) -> None:
@@ -77,8 +80,27 @@ class Service:
         return settings.listen_port(self.configured_port(settings))
 
 
-async def serve(service: Service, settings: Settings) -> None:
-    interceptors = [Authorization(TokenVerifier(settings))] if service.authenticated else []
+@dataclass
+class Running:
+    """A started gRPC server of a service: its port, and what to do to stop it."""
+
+    server: grpc.aio.Server
+    port: int
+    health: health_aio.HealthServicer
+    status_checks: list[StatusCheck]
+    close: Callable[[], Awaitable[None]] | None
+
+    async def stop(self, grace: float = 5) -> None:
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(grace=grace)
+        if self.close is not None:
+            await self.close()
+
+
+async def start(service: Service, settings: Settings, verifier: Verifier | None = None) -> Running:
+    """Attach the service to a new gRPC server (with its token check, error mapping, health and reflection) and
+    start it on its port (0: any free port). verifier checks tokens; by default against Keycloak's keys."""
+    interceptors = [Authorization(verifier or TokenVerifier(settings))] if service.authenticated else []
     # Envoy forwards the REST path as x-envoy-original-path: a long id in it (refused with INVALID_ARGUMENT by the
     # service) must not first trip gRPC's default 8 KiB metadata limit, which answers RESOURCE_EXHAUSTED at random.
     server = grpc.aio.server(interceptors=[*interceptors, ErrorMapping()],
@@ -97,7 +119,12 @@ async def serve(service: Service, settings: Settings) -> None:
     for name in ("", service.full_name):
         await health.set(name, health_pb2.HealthCheckResponse.SERVING)
     log.info("%s serving on %s:%d", service.full_name, settings.host, port)
+    return Running(server, port, health, status_checks, close)
 
+
+async def serve(service: Service, settings: Settings) -> None:
+    running = await start(service, settings)
+    port, status_checks = running.port, running.status_checks
     handlers = [handler for handler in logging.getLogger().handlers if isinstance(handler, BatchedLogHandler)]
     flushing = [asyncio.create_task(flush_logs(handler)) for handler in handlers]
     registration = Registration(settings, service.consul_name, port, status_checks=status_checks)
@@ -111,10 +138,7 @@ async def serve(service: Service, settings: Settings) -> None:
 
     log.info("stopping %s", service.consul_name)
     await registration.deregister()
-    await health.enter_graceful_shutdown()
-    await server.stop(grace=5)
-    if close is not None:
-        await close()
+    await running.stop()
     log.info("stopped")
     for task in flushing:
         task.cancel()

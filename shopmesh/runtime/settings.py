@@ -174,8 +174,12 @@ class Settings(BaseSettings):
         return f"http://{self.host}:{self.envoy_admin_port}"
 
     @property
+    def kafka_address(self) -> str:
+        return self.kafka_host or self.host
+
+    @property
     def kafka_bootstrap(self) -> str:
-        return f"{self.kafka_host or self.host}:{self.kafka_port}"
+        return f"{self.kafka_address}:{self.kafka_port}"
 
 
 def load() -> Settings:

@@ -82,6 +82,14 @@ def install_command() -> None:
         typer.echo(f"{name:<10} {path}")
 
 
+@app.command("codegen")
+def codegen_command() -> None:
+    """Generate the Python gRPC code (shopmesh/<service>/v1/) and Envoy's descriptor set from protos/."""
+    root = codegen.generate()
+    typer.echo(f"generated {', '.join(f'shopmesh/{name}' for name in codegen.generated_packages())} and "
+               f"{codegen.DESCRIPTOR_SET.relative_to(root)} from protos/")
+
+
 @app.command()
 def up() -> None:
     """Start the whole mesh in the background and return once every part is healthy."""
@@ -178,7 +186,9 @@ def token(
     try:
         answer = realm.token(load(), user, password, refresh)
     except KeycloakError as error:
-        fail(RuntimeError(f"Keycloak refused the grant: {error.response_code} {error.error_message}"))
+        message = error.error_message
+        message = message.decode(errors="replace") if isinstance(message, bytes) else message
+        fail(RuntimeError(f"Keycloak refused the grant: {error.response_code} {message}"))
     if full:
         typer.echo(json.dumps(answer, indent=2))
     elif claims:

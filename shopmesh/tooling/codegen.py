@@ -42,8 +42,8 @@ def generated_packages() -> list[str]:
 
 def _include_paths() -> list[str]:
     # google/api/*.proto from googleapis-common-protos, google/protobuf/*.proto from grpcio-tools.
-    googleapis = Path(resources.files("google.api").joinpath("annotations.proto")).parent.parent.parent
-    well_known = Path(resources.files("grpc_tools").joinpath("_proto"))
+    googleapis = Path(str(resources.files("google.api").joinpath("annotations.proto"))).parent.parent.parent
+    well_known = Path(str(resources.files("grpc_tools").joinpath("_proto")))
     return [str(PROTOS), str(googleapis), str(well_known)]
 
 

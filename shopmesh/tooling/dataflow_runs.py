@@ -64,13 +64,19 @@ class RunningDataflow:
                                         stdout=log, stderr=subprocess.STDOUT)
         return self
 
+    @property
+    def running(self) -> subprocess.Popen:
+        if self.process is None:
+            raise RuntimeError(f"{self.name} was not started")
+        return self.process
+
     def kill(self) -> None:
-        self.process.send_signal(signal.SIGKILL)
-        self.process.wait(10)
+        self.running.send_signal(signal.SIGKILL)
+        self.running.wait(10)
 
     def stop(self) -> int:
-        self.process.send_signal(signal.SIGTERM)
-        return self.process.wait(30)
+        self.running.send_signal(signal.SIGTERM)
+        return self.running.wait(30)
 
     def log(self) -> str:
         return (self.var_dir / f"{self.name}.log").read_text(errors="replace")
@@ -83,5 +89,5 @@ def stopped_at_the_end() -> Iterator[list[RunningDataflow]]:
         yield started
     finally:
         for dataflow in started:
-            if dataflow.process.poll() is None:
+            if dataflow.process is not None and dataflow.process.poll() is None:
                 dataflow.stop()

@@ -31,7 +31,7 @@ def kafka_metadata(settings: Settings) -> str | None:
     """Healthy once the broker answers a metadata request."""
     logging.getLogger("kafka").setLevel(logging.CRITICAL)
     try:
-        socket.create_connection((settings.kafka_host or settings.host, settings.kafka_port), timeout=1).close()
+        socket.create_connection((settings.kafka_address, settings.kafka_port), timeout=1).close()
     except OSError as error:
         return f"broker not listening: {error}"
     try:

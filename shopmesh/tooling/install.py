@@ -71,10 +71,12 @@ class Component:
     version: str
     build: Callable[[Path], None]
     verify: Callable[[Path], str]
+    #: A new build of the same version (its recipe changed) goes to a new folder: name-version-rN.
+    revision: int = 1
 
     @property
     def key(self) -> str:
-        return f"{self.name}-{self.version}"
+        return f"{self.name}-{self.version}" + (f"-r{self.revision}" if self.revision > 1 else "")
 
 
 def installed_path(component: Component, cache_dir: Path) -> Path | None:
@@ -155,6 +157,16 @@ def _verify_envoy(home: Path) -> str:
 # --- Consul: built from source (the last MPL-2.0 release) through the Go module proxy -------------------------
 
 
+#: The release's own build information, as HashiCorp's release builds set it (the tag's commit and time, from the
+#: Go module proxy's record of v1.16.1), so that `consul version` and the agent report the release.
+CONSUL_COMMIT = "e0ab4d29fc4482fbdddd9811b2b4c4a0a38f38fc"
+CONSUL_BUILD_DATE = "2023-08-05T21:56:29Z"
+#: Every module is checked against go.sum, and a module go.sum does not list yet against the checksum database,
+#: which the Go module proxy serves (sum.golang.org itself is not reachable from here).
+GO_CHECKSUMS = {"GOSUMDB": "sum.golang.org", "GONOSUMDB": "", "GONOSUMCHECK": "", "GOFLAGS": "-mod=readonly",
+                "GOINSECURE": "", "GOPRIVATE": ""}
+
+
 def _build_consul(staging: Path) -> None:
     # consul's own go.mod replaces its submodules with folders that the module zip lacks, so it is built from
     # a throwaway module (consul/go.mod) that requires the published submodules of the same release.
@@ -162,15 +174,42 @@ def _build_consul(staging: Path) -> None:
     source.mkdir()
     for name in ("go.mod", "go.sum"):
         shutil.copy(PROJECT_ROOT / "consul" / name, source / name)
+    env = {"CGO_ENABLED": "0", "GOTOOLCHAIN": "local", **GO_CHECKSUMS}
+    run_step(f"consul {CONSUL_VERSION}: downloading the modules go.sum pins", ["go", "mod", "download", "-x"],
+             cwd=source, env=env)
+    module = run_step("consul: locating its module", ["go", "list", "-m", "-f", "{{.Dir}}",
+                                                       "github.com/hashicorp/consul"], cwd=source, env=env).strip()
+    _release_ui(Path(module), source / "consul")
+    with (source / "go.mod").open("a") as go_mod:
+        go_mod.write("\n// The release's module, checked against go.sum on download, with its UI's version set.\n"
+                     "replace github.com/hashicorp/consul => ./consul\n")
+    version = "github.com/hashicorp/consul/version"
+    ldflags = (f"-s -w -checklinkname=0 -X {version}.GitCommit={CONSUL_COMMIT} "
+               f"-X {version}.BuildDate={CONSUL_BUILD_DATE}")
     run_step(
         f"consul {CONSUL_VERSION}: building from source with {_go_version()} (several minutes on 2 cores)",
-        ["go", "build", "-trimpath", "-ldflags=-s -w -checklinkname=0", "-o", str(staging / "bin" / "consul"),
+        ["go", "build", "-trimpath", f"-ldflags={ldflags}", "-o", str(staging / "bin" / "consul"),
          "github.com/hashicorp/consul"],
-        cwd=source,
-        # go.sum pins every module's hash; the checksum database itself is not reachable from here.
-        env={"CGO_ENABLED": "0", "GOFLAGS": "-mod=mod", "GOSUMDB": "off", "GOTOOLCHAIN": "local"},
+        cwd=source, env=env,
     )
     shutil.rmtree(source)
+
+
+def _release_ui(module: Path, copy: Path) -> None:
+    """Copy the consul module, its web UI given the release's version: the UI files in the module were built before
+    the release and say 1.16.0-dev, where HashiCorp's release build rebuilds them. (Go refuses a build overlay of
+    a file in its module cache, hence the copy.)"""
+    shutil.copytree(module, copy)
+    for path in [copy, *copy.rglob("*")]:
+        if path.is_dir() or path.is_file():
+            path.chmod(path.stat().st_mode | stat.S_IWUSR)
+    index = copy / "agent" / "uiserver" / "dist" / "index.html"
+    text = index.read_text()
+    fixed = text.replace("1.16.0-dev%5Cn", f"{CONSUL_VERSION}%5Cn").replace(
+        "CONSUL_VERSION: 1.16.0-dev", f"CONSUL_VERSION: {CONSUL_VERSION}")
+    if fixed == text:
+        raise InstallError(f"consul's UI no longer says 1.16.0-dev in {index}: look again at what it says")
+    index.write_text(fixed)
 
 
 def _go_version() -> str:
@@ -182,9 +221,10 @@ def _go_version() -> str:
 
 def _verify_consul(home: Path) -> str:
     out = run_step("consul: checking consul version", [str(home / "bin" / "consul"), "version"])
-    if f"Consul v{CONSUL_VERSION}" not in out:
-        raise InstallError(f"consul version does not report v{CONSUL_VERSION}: {out.strip()}")
-    return out.splitlines()[0]
+    if f"Consul v{CONSUL_VERSION}" not in out or f"Revision {CONSUL_COMMIT[:8]}" not in out:
+        raise InstallError(f"consul version does not report v{CONSUL_VERSION}, revision {CONSUL_COMMIT[:8]}: "
+                           f"{out.strip()}")
+    return " ".join(out.splitlines()[:2])
 
 
 def consul_on_path() -> Path | None:
@@ -273,7 +313,9 @@ def go_tool(name: str, package: str, version: str, version_flag: str | None,
         run_step(
             f"{name} {version}: building from source with {_go_version()}",
             ["go", "install", "-trimpath", f"-ldflags=-s -w -X {version_variable}=v{version}", f"{package}@v{version}"],
-            env={"CGO_ENABLED": "0", "GOBIN": str(staging / "bin"), "GOSUMDB": "off", "GOTOOLCHAIN": "local"},
+            # `go install module@version` reads the tool's own go.sum; the module itself, and any it lacks, are
+            # checked against the checksum database.
+            env={"CGO_ENABLED": "0", "GOBIN": str(staging / "bin"), "GOTOOLCHAIN": "local", **GO_CHECKSUMS},
         )
 
     def verify(home: Path) -> str:
@@ -320,8 +362,8 @@ def java_home_for_keycloak(settings: Settings) -> Path:
     if settings.keycloak_java_home:
         return settings.keycloak_java_home
     candidates = [home for home in Path("/usr/lib/jvm").glob("*") if (home / "bin" / "java").is_file()]
-    modern = sorted((_java_major(home / "bin" / "java"), str(home)) for home in candidates)
-    modern = [home for major, home in modern if major >= 21]
+    by_version = sorted((_java_major(home / "bin" / "java"), str(home)) for home in candidates)
+    modern = [home for major, home in by_version if major >= 21]
     if modern:
         return Path(modern[-1])
     return Path(java_for("keycloak")).resolve().parent.parent
@@ -349,8 +391,13 @@ def ensure_tools(tools: dict[str, str] = DEBIAN_TOOLS) -> None:
     packages = sorted(set(missing.values()))
     if os.geteuid() != 0 or not shutil.which("apt-get"):
         raise InstallError(f"missing {', '.join(missing)}: install the packages {' '.join(packages)}")
-    run_step("apt-get: updating the package lists", ["apt-get", "update", "-q"])
-    run_step(f"apt-get: installing {' '.join(packages)}", ["apt-get", "install", "-y", "-q", *packages],
+    if os.environ.get("SHOPMESH_APT", "1") == "0":
+        raise InstallError(f"missing {', '.join(missing)}: install the packages {' '.join(packages)} "
+                           "(SHOPMESH_APT=0: shopmesh does not run apt-get itself)")
+    progress(f"as root on Debian: installing the packages {' '.join(packages)} with apt-get, for "
+             f"{', '.join(missing)} (SHOPMESH_APT=0 names them instead)")
+    run_step("apt-get update -q", ["apt-get", "update", "-q"])
+    run_step(f"apt-get install -y -q {' '.join(packages)}", ["apt-get", "install", "-y", "-q", *packages],
              env={"DEBIAN_FRONTEND": "noninteractive"})
 
 
@@ -363,7 +410,8 @@ BENCH_TOOLS = {
 }
 
 COMPONENTS = {
-    "consul": Component("consul", CONSUL_VERSION, _build_consul, _verify_consul),
+    # Revision 2: built with the release's version information (the UI said 1.16.0-dev, the revision was empty).
+    "consul": Component("consul", CONSUL_VERSION, _build_consul, _verify_consul, revision=2),
     "kafka": Component("kafka", KAFKA_VERSION, _build_kafka, _verify_kafka),
     "keycloak": Component("keycloak", KEYCLOAK_VERSION, _build_keycloak, _verify_keycloak),
     "envoy": Component("envoy", ENVOY_VERSION, _build_envoy, _verify_envoy),

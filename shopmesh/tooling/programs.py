@@ -10,6 +10,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
 
 import consul
 
@@ -250,6 +251,10 @@ def register_gateway(settings: Settings, agent: consul.Consul) -> None:
     )
 
 
+def write_bootstrap(settings: Settings, folder: Path) -> None:
+    gateway.write_bootstrap(settings, folder)
+
+
 def _envoy(settings: Settings, installed: Installed) -> Program:
     bootstrap = settings.var_dir / "envoy" / "bootstrap.yaml"
     argv = [str(installed.envoy / "bin" / "envoy"), "-c", str(bootstrap), "--disable-hot-restart",
@@ -261,7 +266,7 @@ def _envoy(settings: Settings, installed: Installed) -> Program:
         probe=health.envoy_ready,
         requires=("consul", "mesh-control-plane", "keycloak"),
         deadline=60,
-        prepare=lambda: gateway.write_bootstrap(settings, bootstrap.parent),
+        prepare=partial(write_bootstrap, settings, bootstrap.parent),
         when_healthy=(partial(register_gateway, settings),),
         url=settings.gateway_url,
     )

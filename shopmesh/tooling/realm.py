@@ -73,8 +73,10 @@ def apply(settings: Settings, realm_spec: dict | None = None) -> list[str]:
     file_roles = {role["name"] for role in realm_spec["roles"]["realm"]}
     for user in realm_spec["users"]:
         if "serviceAccountClientId" in user:
-            user_id = keycloak.get_client_service_account_user(
-                keycloak.get_client_id(user["serviceAccountClientId"]))["id"]
+            client_id = keycloak.get_client_id(user["serviceAccountClientId"])
+            if client_id is None:
+                raise RuntimeError(f"the realm has no client {user['serviceAccountClientId']} for its service account")
+            user_id = keycloak.get_client_service_account_user(client_id)["id"]
         else:
             user_id = keycloak.get_user_id(user["username"])
             fields = {k: v for k, v in user.items() if k not in ("credentials", "realmRoles")}
@@ -103,4 +105,6 @@ def token(settings: Settings, username: str | None = None, password_: str | None
     client = KeycloakOpenID(server_url=f"{settings.keycloak_url}/", realm_name=REALM, client_id=GATEWAY_CLIENT)
     if refresh_token:
         return client.refresh_token(refresh_token)
+    if username is None:
+        raise ValueError("a token by password grant needs a username")
     return client.token(username, password_ or password(username))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import time
+from typing import Literal
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -15,6 +16,10 @@ from rich.live import Live
 from rich.table import Table
 
 from shopmesh.runtime.settings import Settings
+
+#: How rich aligns a column.
+LEFT: Literal["left"] = "left"
+RIGHT: Literal["right"] = "right"
 
 
 @dataclass
@@ -40,14 +45,13 @@ class View:
 
     def render(self) -> Group:
         windows = Table(title=f"5-second windows (latest {self.windows_shown})", title_justify="left")
-        for column, justify in (("window start", "left"), ("end", "left"), ("invoices", "right"), ("total", "right")):
+        for column, justify in (("window start", LEFT), ("end", LEFT), ("invoices", RIGHT), ("total", RIGHT)):
             windows.add_column(column, justify=justify)
         for start in sorted(self.windows)[-self.windows_shown:]:
             window = self.windows[start]
             windows.add_row(start, window["window_end"], str(window["count"]), window["total"])
         customers = Table(title=f"Customers ({len(self.customers)})", title_justify="left")
-        for column, justify in (("customer", "left"), ("invoices", "right"), ("total", "right"),
-                                ("updated at", "left")):
+        for column, justify in (("customer", LEFT), ("invoices", RIGHT), ("total", RIGHT), ("updated at", LEFT)):
             customers.add_column(column, justify=justify)
         # Biggest spenders first; Decimal, since the totals are decimal strings.
         for name, record in sorted(self.customers.items(), key=lambda item: -Decimal(item[1]["total"])):

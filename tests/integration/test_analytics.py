@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import threading
 import time
 import uuid
@@ -188,6 +189,15 @@ def test_each_kind_of_bad_message_is_dead_lettered_with_its_reason_and_origin(me
             raw.decode(), topics.input, partition, offset)
 
 
+def _committed_epoch(store) -> int:
+    """The latest epoch Bytewax has committed to the recovery store: a restart resumes from it."""
+    epochs = []
+    for part in store.glob("part-*.sqlite3"):
+        with sqlite3.connect(f"file:{part}?mode=ro", uri=True) as connection:
+            epochs.append(connection.execute("SELECT COALESCE(MAX(commit_epoch), 0) FROM commits").fetchone()[0])
+    return max(epochs, default=0)
+
+
 def test_a_killed_dataflow_resumes_from_its_snapshot_and_counts_each_invoice_once(mesh, topics, dataflows, tmp_path):
     dataflow = RunningDataflow("totals_by_customer", topics, tmp_path, snapshot_seconds="1").start()
     dataflows.append(dataflow)
@@ -199,7 +209,9 @@ def test_a_killed_dataflow_resumes_from_its_snapshot_and_counts_each_invoice_onc
          time.sleep(0.2)) for start in range(0, len(made), 30)])
     sender.start()
     wait_for(lambda: len(read_topic(mesh, topics.by_customer)) >= 150, 60, "the dataflow to be well under way")
-    time.sleep(1.5)  # a snapshot or so later
+    store = tmp_path / "recovery" / "totals_by_customer"
+    committed = _committed_epoch(store)
+    wait_for(lambda: _committed_epoch(store) > committed, 30, "a snapshot committed after that")
     dataflow.kill()
     resumed_from = len(read_topic(mesh, topics.by_customer))
     dataflow.start()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import re
+from unittest import mock
 import shutil
 import subprocess
 from pathlib import Path
@@ -95,13 +96,20 @@ def test_state_is_kept_in_volumes_across_restarts(compose):
 
 def _settings_of(service: dict) -> Settings:
     environment = service["environment"]
-    unknown = {key for key in environment if key.startswith("SHOPMESH_")} - {
-        f"SHOPMESH_{field.upper()}" for field in Settings.model_fields}
+    unknown = {key for key in environment if key.startswith("SHOPMESH_")
+               and key.removeprefix("SHOPMESH_").split("__")[0].lower() not in Settings.model_fields}
     assert not unknown, f"variables no setting reads: {unknown}"
-    # The image's own variables (Dockerfile ENV), then the service's.
+    # The image's own variables (Dockerfile ENV), then the service's, read as the process reads them.
     image_env = dict(re.findall(r"^\s+(SHOPMESH_\w+)=(\S+)", DOCKERFILE.read_text(), re.MULTILINE))
-    return Settings(_env_file=None, **{key.removeprefix("SHOPMESH_").lower(): value
-                                       for key, value in {**image_env, **environment}.items()})
+    with mock.patch.dict(os.environ, {**image_env, **environment}, clear=True):
+        return Settings()
+
+
+def _contract_settings() -> Settings:
+    """The settings' defaults (the contract's ports), without the suite's own mesh's variables."""
+    with mock.patch.dict(os.environ, {k: v for k, v in os.environ.items() if not k.startswith("SHOPMESH_")},
+                         clear=True):
+        return Settings()
 
 
 def test_every_python_process_is_configured_for_containers_through_the_environment(compose):
@@ -114,7 +122,7 @@ def test_every_python_process_is_configured_for_containers_through_the_environme
         assert (settings.host, settings.consul_url, settings.kafka_bootstrap, settings.keycloak_url) == (
             "0.0.0.0", "http://consul:8500", "kafka:9092", "http://keycloak:8180"), name
         # Tokens are issued for the address users reach Keycloak at, as natively.
-        assert settings.keycloak_issuer == load().keycloak_issuer
+        assert settings.keycloak_issuer == "http://localhost:8180/realms/shopmesh"
         for service_name in ("customer", "inventory", "billing"):
             assert settings.database_url(service_name).startswith("postgresql+psycopg://shopmesh:"), name
 
@@ -128,7 +136,7 @@ def test_only_the_gateway_consul_ui_and_keycloak_are_published_on_loopback(compo
     # docker-compose writes them in the short syntax, host_ip:published:target/protocol.
     published = {(name, *(int(part) if part.isdigit() else part for part in port.removesuffix("/tcp").split(":")))
                  for name, service in compose["services"].items() for port in service.get("ports", [])}
-    defaults = Settings(_env_file=None)
+    defaults = _contract_settings()
     assert published == {
         ("envoy", "127.0.0.1", defaults.gateway_port, defaults.gateway_port),
         ("consul", "127.0.0.1", defaults.consul_http_port, defaults.consul_http_port),

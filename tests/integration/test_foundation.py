@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
 import signal
 import socket
@@ -26,9 +27,12 @@ def test_consul_has_elected_a_leader(mesh):
     assert leader == f"{mesh.host}:{mesh.consul_server_port}"
 
 
-def test_consul_is_the_mpl_licensed_release(mesh):
+def test_consul_is_the_mpl_licensed_release_and_says_so_in_its_ui(mesh):
     agent = httpx.get(f"{mesh.consul_url}/v1/agent/self").json()
     assert agent["Config"]["Version"] == install.CONSUL_VERSION
+    assert install.CONSUL_COMMIT.startswith(agent["Config"]["Revision"]) and agent["Config"]["Revision"]
+    ui = httpx.get(f"{mesh.consul_url}/ui/", follow_redirects=True).text
+    assert f"CONSUL_VERSION: {install.CONSUL_VERSION}" in ui and "-dev" not in ui.split("CONSUL_VERSION: ")[1][:20]
 
 
 def test_consul_serves_its_web_ui(mesh):
@@ -55,8 +59,9 @@ def test_kafka_gives_back_a_message_produced_to_a_fresh_topic(mesh):
 
 def test_keycloak_serves_the_shopmesh_realm_with_the_contract_issuer(mesh):
     discovery = httpx.get(f"{mesh.keycloak_url}/realms/shopmesh/.well-known/openid-configuration").json()
-    assert discovery["issuer"] == "http://localhost:8180/realms/shopmesh"
-    assert discovery["jwks_uri"].startswith("http://localhost:8180/realms/shopmesh/")
+    # The contract's issuer, http://localhost:8180/realms/shopmesh, on the suite's own mesh's port.
+    assert discovery["issuer"] == f"http://localhost:{mesh.keycloak_port}/realms/shopmesh" == mesh.keycloak_issuer
+    assert discovery["jwks_uri"].startswith(f"http://localhost:{mesh.keycloak_port}/realms/shopmesh/")
 
 
 def test_envoy_admin_is_live_and_runs_envoy_1_40(mesh):
@@ -138,10 +143,10 @@ def _free_port() -> int:
 
 def _isolated_env(tmp_path, **overrides: str) -> dict[str, str]:
     ports = ["consul_http", "consul_dns", "consul_server", "consul_serf_lan", "kafka", "kafka_controller",
-             "keycloak", "gateway", "envoy_admin", "control_plane", "customer_service", "inventory_service",
-             "billing_service"]
+             "keycloak", "gateway", "envoy_admin", "control_plane"]
     env = {**os.environ, "SHOPMESH_VAR_DIR": str(tmp_path / "var")}
     env.update({f"SHOPMESH_{name.upper()}_PORT": str(_free_port()) for name in ports})
+    env.update({f"SHOPMESH_SERVICE_PORTS__{name.upper()}": str(_free_port()) for name in catalogue.names()})
     env.update(overrides)
     return env
 
@@ -189,6 +194,12 @@ def test_run_brings_everything_up_and_ctrl_c_leaves_no_process_behind(mesh, tmp_
                 break
         assert any("healthy in" in line for line in lines), "".join(lines)
         assert any(line.strip().startswith("envoy") and "http://" in line for line in lines), "".join(lines)
+        # The command it suggests works as printed: products, not a 401.
+        [suggested] = [line.split("Try: ", 1)[1].strip() for line in lines if "Try: " in line]
+        tried = subprocess.run(["bash", "-c", f"{suggested} -w '\\n%{{http_code}}'"], env=env, capture_output=True,
+                               text=True, timeout=60, check=False)
+        body, _, status = tried.stdout.rpartition("\n")
+        assert status == "200" and "products" in json.loads(body), tried.stdout + tried.stderr
         run.send_signal(signal.SIGINT)
         rest, _ = run.communicate(timeout=180)
     finally:

@@ -7,12 +7,12 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import httpx
 import pytest
 
 from shopmesh.tooling.codegen import DESCRIPTOR_SET
+from shopmesh.tooling import health
 from shopmesh.tooling.instances import free_port
 from shopmesh.tooling.supervise import Supervisor
 from tests.conftest import email, shopmesh, wait_for
@@ -202,12 +202,16 @@ def test_killing_one_of_two_instances_during_200_gets_fails_none(mesh, rest, tok
 def test_requests_keep_working_while_the_control_plane_restarts(mesh, rest, tokens):
     supervisor = Supervisor(mesh)
     with GetLoop(mesh, _a_customer(rest), tokens) as loop:
-        time.sleep(0.5)
+        wait_for(lambda: len(loop.statuses) >= 20, 30, "requests flowing")
         supervisor.rpc.stopProcess("mesh-control-plane", True)
-        time.sleep(2)
+        stopped_at = len(loop.statuses)
+        wait_for(lambda: len(loop.statuses) >= stopped_at + 50, 60, "requests while the control plane is down")
         supervisor.rpc.startProcess("mesh-control-plane", True)
-        time.sleep(2)
-    assert len(loop.statuses) > 50 and set(loop.statuses) == {200}
+        wait_for(lambda: health.service_instance(mesh, "mesh-control-plane", mesh.control_plane_port) is None, 60,
+                 "the control plane healthy again")
+        started_at = len(loop.statuses)
+        wait_for(lambda: len(loop.statuses) >= started_at + 50, 60, "requests after it is back")
+    assert [status for status in loop.statuses if status != 200] == [], loop.failures
 
 
 def test_envoy_resubscribes_after_a_control_plane_restart(mesh, tmp_path):

@@ -160,7 +160,7 @@ def test_password_grant_then_refresh_grant_gives_a_working_token(mesh):
 def test_token_claims_carry_the_contract_issuer_audience_and_roles(mesh):
     shown = shopmesh("token", "--user", "billing-manager", "--claims")
     claims = json.loads(shown.stdout)
-    assert claims["iss"] == "http://localhost:8180/realms/shopmesh"
+    assert claims["iss"] == f"http://localhost:{mesh.keycloak_port}/realms/shopmesh"
     assert "shopmesh-gateway" in ([claims["aud"]] if isinstance(claims["aud"], str) else claims["aud"])
     assert {"USER", "BILLING_MANAGER"} <= set(claims["realm_access"]["roles"])
     assert claims["exp"] - claims["iat"] == 300
