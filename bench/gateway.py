@@ -19,8 +19,8 @@ import httpx
 
 from shopmesh.customer.v1 import customer_service_pb2 as pb
 from shopmesh.customer.v1 import customer_service_pb2_grpc as pb_grpc
-from shopmesh.tooling import realm
 from shopmesh.runtime.settings import load
+from shopmesh.tooling import realm
 
 
 def measure(make_call: Callable[[], Callable[[], None]], seconds: float, clients: int) -> tuple[float, list[float]]:
@@ -53,8 +53,12 @@ def main() -> None:
     direct = f"{settings.host}:{settings.customer_service_port}"
     gateway = f"{settings.host}:{settings.gateway_port}"
     with grpc.insecure_channel(direct) as channel:
-        customer_id = pb_grpc.CustomerServiceStub(channel).ListCustomers(
-            pb.ListCustomersRequest(page_size=1), metadata=bearer).customers[0].id
+        customer_id = (
+            pb_grpc.CustomerServiceStub(channel)
+            .ListCustomers(pb.ListCustomersRequest(page_size=1), metadata=bearer)
+            .customers[0]
+            .id
+        )
 
     def rest() -> Callable[[], None]:
         client = httpx.Client(base_url=settings.gateway_url, headers=dict(bearer))
@@ -67,9 +71,11 @@ def main() -> None:
 
         return make
 
-    paths = [("gRPC direct to customer-service", grpc_to(direct)),
-             ("gRPC through Envoy", grpc_to(gateway)),
-             ("REST/JSON through Envoy", rest)]
+    paths = [
+        ("gRPC direct to customer-service", grpc_to(direct)),
+        ("gRPC through Envoy", grpc_to(gateway)),
+        ("REST/JSON through Envoy", rest),
+    ]
     print(f"GET /v1/customers/{{id}} — {args.clients} clients, {args.seconds:.0f} s each, on {settings.host}")
     print(f"{'path':<34}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'p50 vs direct':>15}")
     baseline = None

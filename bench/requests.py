@@ -30,11 +30,10 @@ import httpx
 import psutil
 
 from services.seeds import CUSTOMERS
+from shopmesh.runtime.settings import Settings, load
 from shopmesh.tooling import codegen, health, install, realm
 from shopmesh.tooling.instances import free_port
-from shopmesh.runtime.settings import Settings, load
 from shopmesh.tooling.supervise import Supervisor
-
 
 #: A customer every customer database holds from its first start.
 SEEDED_CUSTOMER = CUSTOMERS[0][0]
@@ -105,12 +104,15 @@ class CpuMeter:
 def _data(settings: Settings, token: str) -> tuple[str, str, str]:
     """A customer, a product with stock for every CreateBill of the run, and a bill of theirs."""
     with httpx.Client(base_url=settings.gateway_url, headers={"authorization": f"Bearer {token}"}, timeout=30) as api:
-        customer = api.post("/v1/customers", json={"name": "Bench Customer",
-                                                   "email": f"bench-{uuid.uuid4().hex[:10]}@example.com"}).json()
-        product = api.post("/v1/products", json={"name": "Bench item", "price": "12.34",
-                                                 "quantity": 2_000_000_000}).json()
-        bill = api.post("/v1/bills", json={"customerId": customer["id"],
-                                           "items": [{"productId": product["id"], "quantity": 1}]}).json()
+        customer = api.post(
+            "/v1/customers", json={"name": "Bench Customer", "email": f"bench-{uuid.uuid4().hex[:10]}@example.com"}
+        ).json()
+        product = api.post(
+            "/v1/products", json={"name": "Bench item", "price": "12.34", "quantity": 2_000_000_000}
+        ).json()
+        bill = api.post(
+            "/v1/bills", json={"customerId": customer["id"], "items": [{"productId": product["id"], "quantity": 1}]}
+        ).json()
     return customer["id"], product["id"], bill["id"]
 
 
@@ -118,53 +120,118 @@ def paths(settings: Settings, customer_id: str, product_id: str, bill_id: str) -
     gateway = settings.gateway_url
     bill = {"customerId": customer_id, "items": [{"productId": product_id, "quantity": 1}]}
     return [
-        Operation("GetCustomer", "GET", f"{gateway}/v1/customers/{customer_id}", None,
-              "shopmesh.customer.v1.CustomerService/GetCustomer", settings.customer_service_port, {"id": customer_id}),
-        Operation("ListCustomers (50)", "GET", f"{gateway}/v1/customers?pageSize=50", None,
-              "shopmesh.customer.v1.CustomerService/ListCustomers", settings.customer_service_port, {"page_size": 50}),
-        Operation("GetBill", "GET", f"{gateway}/v1/bills/{bill_id}", None,
-              "shopmesh.billing.v1.BillingService/GetBill", settings.billing_service_port, {"id": bill_id}),
-        Operation("CreateBill", "POST", f"{gateway}/v1/bills", bill,
-              "shopmesh.billing.v1.BillingService/CreateBill", settings.billing_service_port,
-              {"customer_id": customer_id, "items": [{"product_id": product_id, "quantity": 1}]}),
+        Operation(
+            "GetCustomer",
+            "GET",
+            f"{gateway}/v1/customers/{customer_id}",
+            None,
+            "shopmesh.customer.v1.CustomerService/GetCustomer",
+            settings.customer_service_port,
+            {"id": customer_id},
+        ),
+        Operation(
+            "ListCustomers (50)",
+            "GET",
+            f"{gateway}/v1/customers?pageSize=50",
+            None,
+            "shopmesh.customer.v1.CustomerService/ListCustomers",
+            settings.customer_service_port,
+            {"page_size": 50},
+        ),
+        Operation(
+            "GetBill",
+            "GET",
+            f"{gateway}/v1/bills/{bill_id}",
+            None,
+            "shopmesh.billing.v1.BillingService/GetBill",
+            settings.billing_service_port,
+            {"id": bill_id},
+        ),
+        Operation(
+            "CreateBill",
+            "POST",
+            f"{gateway}/v1/bills",
+            bill,
+            "shopmesh.billing.v1.BillingService/CreateBill",
+            settings.billing_service_port,
+            {"customer_id": customer_id, "items": [{"product_id": product_id, "quantity": 1}]},
+        ),
     ]
 
 
 def vegeta(binary: Path, path: Operation, token: str, seconds: int, connections: int, rate: int | None) -> Figures:
     """REST through the gateway: rate None is a closed loop of `connections` workers."""
     with tempfile.TemporaryDirectory() as scratch:
-        target = {"method": path.method, "url": path.url,
-                  "header": {"authorization": [f"Bearer {token}"], "content-type": ["application/json"]}}
+        target = {
+            "method": path.method,
+            "url": path.url,
+            "header": {"authorization": [f"Bearer {token}"], "content-type": ["application/json"]},
+        }
         if path.body is not None:
             target["body"] = base64.b64encode(json.dumps(path.body).encode()).decode()
         targets = Path(scratch) / "targets.json"
         targets.write_text(json.dumps(target) + "\n")  # one target a line
         pace = ["-rate=0", f"-max-workers={connections}"] if rate is None else [f"-rate={rate}/s"]
-        attack = subprocess.run([str(binary), "attack", "-format=json", f"-targets={targets}", f"-duration={seconds}s",
-                                 f"-workers={connections}", "-keepalive=true", *pace],
-                                capture_output=True, check=True)
-        report = json.loads(subprocess.run([str(binary), "report", "-type=json"], input=attack.stdout,
-                                           capture_output=True, check=True).stdout)
+        attack = subprocess.run(
+            [
+                str(binary),
+                "attack",
+                "-format=json",
+                f"-targets={targets}",
+                f"-duration={seconds}s",
+                f"-workers={connections}",
+                "-keepalive=true",
+                *pace,
+            ],
+            capture_output=True,
+            check=True,
+        )
+        report = json.loads(
+            subprocess.run(
+                [str(binary), "report", "-type=json"], input=attack.stdout, capture_output=True, check=True
+            ).stdout
+        )
     ok = report["status_codes"].get("200", 0)
-    return Figures(report["throughput"], report["latencies"]["50th"] / 1e6, report["latencies"]["99th"] / 1e6,
-                   report["requests"] - ok, report["requests"])
+    return Figures(
+        report["throughput"],
+        report["latencies"]["50th"] / 1e6,
+        report["latencies"]["99th"] / 1e6,
+        report["requests"] - ok,
+        report["requests"],
+    )
 
 
-def ghz(binary: Path, path: Operation, settings: Settings, token: str, seconds: int, connections: int,
-        rate: int | None) -> Figures:
+def ghz(
+    binary: Path, path: Operation, settings: Settings, token: str, seconds: int, connections: int, rate: int | None
+) -> Figures:
     """Native gRPC straight to the service: rate None is a closed loop of `connections` workers."""
     pace = [] if rate is None else [f"--rps={rate}"]
-    done = subprocess.run([str(binary), "--insecure", f"--protoset={codegen.DESCRIPTOR_SET}", f"--call={path.rpc}",
-                           f"--data={json.dumps(path.message)}",
-                           f"--metadata={json.dumps({'authorization': f'Bearer {token}'})}",
-                           f"--concurrency={connections}", f"--connections={connections}", f"--duration={seconds}s",
-                           "--format=json", *pace, f"{settings.host}:{path.port}"],
-                          capture_output=True, check=True)
+    done = subprocess.run(
+        [
+            str(binary),
+            "--insecure",
+            f"--protoset={codegen.DESCRIPTOR_SET}",
+            f"--call={path.rpc}",
+            f"--data={json.dumps(path.message)}",
+            f"--metadata={json.dumps({'authorization': f'Bearer {token}'})}",
+            f"--concurrency={connections}",
+            f"--connections={connections}",
+            f"--duration={seconds}s",
+            "--format=json",
+            *pace,
+            f"{settings.host}:{path.port}",
+        ],
+        capture_output=True,
+        check=True,
+    )
     report = json.loads(done.stdout)
     latency = {entry["percentage"]: entry["latency"] / 1e6 for entry in report.get("latencyDistribution") or []}
     # ghz closes its connections when the duration ends, failing the calls still in flight: not the server's errors.
-    errors = sum(count for message, count in (report.get("errorDistribution") or {}).items()
-                 if "use of closed network connection" not in message)
+    errors = sum(
+        count
+        for message, count in (report.get("errorDistribution") or {}).items()
+        if "use of closed network connection" not in message
+    )
     return Figures(report["rps"], latency.get(50, 0.0), latency.get(99, 0.0), errors, report["count"])
 
 
@@ -174,22 +241,28 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--rate", type=int, default=500, help="requests/s of the constant-rate runs")
     parser.add_argument("--paths", default="", help="comma-separated names, e.g. GetCustomer,CreateBill")
-    parser.add_argument("--database-url", default="",
-                        help="also measure the customer reads straight on a customer-service process that the bench "
-                             "starts on this SQLAlchemy URL, e.g. postgresql+psycopg://shopmesh@127.0.0.1:5432/shop")
+    parser.add_argument(
+        "--database-url",
+        default="",
+        help="also measure the customer reads straight on a customer-service process that the bench "
+        "starts on this SQLAlchemy URL, e.g. postgresql+psycopg://shopmesh@127.0.0.1:5432/shop",
+    )
     args = parser.parse_args()
     settings = load()
-    tools = {name: install.ensure(tool, settings.cache_dir) / "bin" / name
-             for name, tool in install.BENCH_TOOLS.items()}
+    tools = {
+        name: install.ensure(tool, settings.cache_dir) / "bin" / name for name, tool in install.BENCH_TOOLS.items()
+    }
     token = realm.token(settings, "mesh-admin")["access_token"]
     meter = CpuMeter(settings)
     costs: list[tuple[str, int, dict[str, float]]] = []
     chosen = [name.strip() for name in args.paths.split(",") if name.strip()]
-    measured = [path for path in paths(settings, *_data(settings, token))
-                if not chosen or path.name.split(" ")[0] in chosen]
+    measured = [
+        path for path in paths(settings, *_data(settings, token)) if not chosen or path.name.split(" ")[0] in chosen
+    ]
 
-    print(f"{'path':<20} {'route':<16} {'load':<18} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7} "
-          f"{'vs gRPC':>8}")
+    print(
+        f"{'path':<20} {'route':<16} {'load':<18} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7} {'vs gRPC':>8}"
+    )
     for path in measured:
         for rate in (None, args.rate):
             load_name = f"{args.connections} connections" if rate is None else f"{rate}/s constant"
@@ -200,10 +273,16 @@ def main() -> None:
                 costs.append((path.name, gateway.requests, meter.stop()))
             for route, figures in (("REST via Envoy", gateway), ("gRPC direct", direct)):
                 # Closed loop: throughput relative to the direct call; constant rate: p99 relative to it.
-                ratio = (figures.rate / direct.rate if rate is None else figures.p99_ms / direct.p99_ms) \
-                    if direct.rate and direct.p99_ms else 0.0
-                print(f"{path.name:<20} {route:<16} {load_name:<18} {figures.rate:>8.0f} {figures.p50_ms:>8.1f} "
-                      f"{figures.p99_ms:>8.1f} {figures.errors:>7} {ratio:>7.2f}x", flush=True)
+                ratio = (
+                    (figures.rate / direct.rate if rate is None else figures.p99_ms / direct.p99_ms)
+                    if direct.rate and direct.p99_ms
+                    else 0.0
+                )
+                print(
+                    f"{path.name:<20} {route:<16} {load_name:<18} {figures.rate:>8.0f} {figures.p50_ms:>8.1f} "
+                    f"{figures.p99_ms:>8.1f} {figures.errors:>7} {ratio:>7.2f}x",
+                    flush=True,
+                )
     _print_costs(costs)
     if args.database_url:
         _on_database(args, settings, tools["ghz"], token)
@@ -212,11 +291,16 @@ def main() -> None:
 def _on_database(args, settings: Settings, binary: Path, token: str) -> None:
     """GetCustomer and ListCustomers on a customer-service process of the given database (seeded on start)."""
     port = free_port(settings.host)
-    env = {**os.environ, "SHOPMESH_INSTANCE_PORT": str(port), "SHOPMESH_DATABASE_URLS__CUSTOMER": args.database_url,
-           "SHOPMESH_SERVICE_PROCESSES": "1"}
+    env = {
+        **os.environ,
+        "SHOPMESH_INSTANCE_PORT": str(port),
+        "SHOPMESH_DATABASE_URLS__CUSTOMER": args.database_url,
+        "SHOPMESH_SERVICE_PROCESSES": "1",
+    }
     with tempfile.TemporaryFile() as log:
-        process = subprocess.Popen([sys.executable, "-m", "services.customer"], env=env, stdout=log,
-                                   stderr=subprocess.STDOUT)
+        process = subprocess.Popen(
+            [sys.executable, "-m", "services.customer"], env=env, stdout=log, stderr=subprocess.STDOUT
+        )
         try:
             deadline = time.monotonic() + 30
             while health.grpc_serving(settings, port):
@@ -228,11 +312,15 @@ def _on_database(args, settings: Settings, binary: Path, token: str) -> None:
             print(f"\ncustomer-service, one process, on {dialect}: gRPC direct")
             for path in paths(settings, SEEDED_CUSTOMER, "", "")[:2]:
                 for rate in (None, args.rate):
-                    figures = ghz(binary, replace(path, port=port), settings, token, args.seconds, args.connections,
-                                  rate)
+                    figures = ghz(
+                        binary, replace(path, port=port), settings, token, args.seconds, args.connections, rate
+                    )
                     load_name = f"{args.connections} connections" if rate is None else f"{rate}/s constant"
-                    print(f"{path.name:<20} {dialect:<16} {load_name:<18} {figures.rate:>8.0f} "
-                          f"{figures.p50_ms:>8.1f} {figures.p99_ms:>8.1f} {figures.errors:>7}", flush=True)
+                    print(
+                        f"{path.name:<20} {dialect:<16} {load_name:<18} {figures.rate:>8.0f} "
+                        f"{figures.p50_ms:>8.1f} {figures.p99_ms:>8.1f} {figures.errors:>7}",
+                        flush=True,
+                    )
         finally:
             process.terminate()
             process.wait(timeout=30)

@@ -51,8 +51,14 @@ def window_start_of(moment: datetime) -> datetime:
 
 
 def _producer(settings: Settings, linger_ms: int = 20) -> Producer:
-    return Producer({"bootstrap.servers": settings.kafka_bootstrap, "linger.ms": linger_ms, "acks": "all",
-                     "queue.buffering.max.messages": 1_000_000})
+    return Producer(
+        {
+            "bootstrap.servers": settings.kafka_bootstrap,
+            "linger.ms": linger_ms,
+            "acks": "all",
+            "queue.buffering.max.messages": 1_000_000,
+        }
+    )
 
 
 class Expected:
@@ -64,8 +70,10 @@ class Expected:
         self.last = EPOCH
 
     def add(self, invoice: Invoice) -> None:
-        for table, key in ((self.windows, iso_millis(window_start_of(invoice.issued_at))),
-                           (self.customers, invoice.customer_name)):
+        for table, key in (
+            (self.windows, iso_millis(window_start_of(invoice.issued_at))),
+            (self.customers, invoice.customer_name),
+        ):
             total, count = table[key]
             table[key] = (total + invoice.amount_cents, count + 1)
         self.last = max(self.last, invoice.issued_at)
@@ -77,8 +85,12 @@ def preload(settings: Settings, topic: str, events: int, start: datetime) -> Exp
     expected = Expected()
     began = time.perf_counter()
     for number in range(events):
-        invoice = Invoice(uuid.uuid4().hex, CUSTOMERS[number % len(CUSTOMERS)], 100 + number % 10_000,
-                          start + timedelta(milliseconds=number))
+        invoice = Invoice(
+            uuid.uuid4().hex,
+            CUSTOMERS[number % len(CUSTOMERS)],
+            100 + number % 10_000,
+            start + timedelta(milliseconds=number),
+        )
         expected.add(invoice)
         while True:
             try:
@@ -95,8 +107,13 @@ def preload(settings: Settings, topic: str, events: int, start: datetime) -> Exp
 
 def read_all(settings: Settings, topic: str) -> list:
     """Every record of a one-partition topic, up to its end when reading starts."""
-    consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": f"bench-{uuid.uuid4()}",
-                         "enable.auto.commit": False})
+    consumer = Consumer(
+        {
+            "bootstrap.servers": settings.kafka_bootstrap,
+            "group.id": f"bench-{uuid.uuid4()}",
+            "enable.auto.commit": False,
+        }
+    )
     try:
         end = consumer.get_watermark_offsets(TopicPartition(topic, 0), timeout=10)[1]
         consumer.assign([TopicPartition(topic, 0, 0)])
@@ -125,13 +142,16 @@ def check(settings: Settings, name: str, topics: Topics, expected: Expected) -> 
     wrong = sorted(key for key in set(got) | set(wanted) if got.get(key) != wanted.get(key))
     letters = read_all(settings, topics.dlq)
     if wrong or letters:
-        raise WrongOutput(f"{name}: the output is wrong, so no figure: {len(wrong)} of {len(wanted)} {what} differ "
-                          f"(first: {wrong[:3]}, e.g. {[(got.get(k), wanted.get(k)) for k in wrong[:3]]}), "
-                          f"{len(letters)} dead letters")
+        raise WrongOutput(
+            f"{name}: the output is wrong, so no figure: {len(wrong)} of {len(wanted)} {what} differ "
+            f"(first: {wrong[:3]}, e.g. {[(got.get(k), wanted.get(k)) for k in wrong[:3]]}), "
+            f"{len(letters)} dead letters"
+        )
 
 
-def throughput(settings: Settings, name: str, topics: Topics, events: int, records_when_done: int,
-               expected: Expected) -> None:
+def throughput(
+    settings: Settings, name: str, topics: Topics, events: int, records_when_done: int, expected: Expected
+) -> None:
     with tempfile.TemporaryDirectory(prefix="bench-") as var_dir:
         dataflow = RunningDataflow(name, topics, Path(var_dir), late_seconds=str(LATE_SECONDS)).start()
         output = topics.total_5s if name == "totals_5s" else topics.by_customer
@@ -140,8 +160,9 @@ def throughput(settings: Settings, name: str, topics: Topics, events: int, recor
         began = time.perf_counter()
         first = None
         try:
-            while (records := offsets.get_watermark_offsets(TopicPartition(output, 0), timeout=10)[1]) \
-                    < records_when_done:
+            while (
+                records := offsets.get_watermark_offsets(TopicPartition(output, 0), timeout=10)[1]
+            ) < records_when_done:
                 if records and first is None:
                     first = time.perf_counter() - began
                 if dataflow.process.poll() is not None:
@@ -159,15 +180,23 @@ def throughput(settings: Settings, name: str, topics: Topics, events: int, recor
             offsets.close()
             dataflow.stop()
     check(settings, name, topics, expected)
-    say(f"{name:<20} {events:,} invoices in {elapsed:.1f} s: {events / elapsed:,.0f} events/s "
-        f"(first output after {first or 0:.1f} s, start-up included)")
+    say(
+        f"{name:<20} {events:,} invoices in {elapsed:.1f} s: {events / elapsed:,.0f} events/s "
+        f"(first output after {first or 0:.1f} s, start-up included)"
+    )
 
 
 def latency(settings: Settings, rate: int, seconds: float) -> None:
     with own_topics(settings) as topics, tempfile.TemporaryDirectory(prefix="bench-") as var_dir:
         dataflow = RunningDataflow("totals_by_customer", topics, Path(var_dir)).start()
-        consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": f"bench-{uuid.uuid4()}",
-                             "auto.offset.reset": "earliest", "enable.auto.commit": False})
+        consumer = Consumer(
+            {
+                "bootstrap.servers": settings.kafka_bootstrap,
+                "group.id": f"bench-{uuid.uuid4()}",
+                "auto.offset.reset": "earliest",
+                "enable.auto.commit": False,
+            }
+        )
         consumer.subscribe([topics.by_customer])
         latencies: list[float] = []
         done = threading.Event()
@@ -205,10 +234,12 @@ def latency(settings: Settings, rate: int, seconds: float) -> None:
             consumer.close()
             dataflow.stop()
     # The first records include the dataflow catching up with what was sent before it was ready.
-    steady = latencies[len(latencies) // 10:]
+    steady = latencies[len(latencies) // 10 :]
     cut = statistics.quantiles(steady, n=100)
-    say(f"totals_by_customer at {rate:,} invoices/s for {seconds:g} s: {len(latencies):,} of {sent:,} totals read; "
-        f"produce -> new total p50 {cut[49]:.1f} ms, p99 {cut[98]:.1f} ms (first 10% left out)")
+    say(
+        f"totals_by_customer at {rate:,} invoices/s for {seconds:g} s: {len(latencies):,} of {sent:,} totals read; "
+        f"produce -> new total p50 {cut[49]:.1f} ms, p99 {cut[98]:.1f} ms (first 10% left out)"
+    )
 
 
 def main() -> None:

@@ -12,7 +12,7 @@ import shutil
 import signal
 import threading
 from datetime import timedelta
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 
 import typer
@@ -27,7 +27,7 @@ from shopmesh.runtime.settings import Settings, load
 log = logging.getLogger("dataflows")
 
 
-class Name(str, Enum):
+class Name(StrEnum):
     totals_5s = "totals_5s"
     totals_by_customer = "totals_by_customer"
 
@@ -71,16 +71,30 @@ def main(name: Name) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = load()
     store = recovery_store(name, settings)
-    registration = Registration(settings, CONSUL_NAMES[name.value], 0, tags=("bytewax", "kafka"), ttl="10s",
-                                service_id=service_id(name.value, settings))
+    registration = Registration(
+        settings,
+        CONSUL_NAMES[name.value],
+        0,
+        tags=("bytewax", "kafka"),
+        ttl="10s",
+        service_id=service_id(name.value, settings),
+    )
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, _stop)
     try:
         _heartbeat(registration)
-        log.info("%s: %s -> results, snapshots every %gs in %s", name.value, settings.facturation_topic,
-                 settings.analytics_snapshot_seconds, store)
-        cli_main(FLOWS[name.value](settings), epoch_interval=timedelta(seconds=settings.analytics_snapshot_seconds),
-                 recovery_config=RecoveryConfig(store))
+        log.info(
+            "%s: %s -> results, snapshots every %gs in %s",
+            name.value,
+            settings.facturation_topic,
+            settings.analytics_snapshot_seconds,
+            store,
+        )
+        cli_main(
+            FLOWS[name.value](settings),
+            epoch_interval=timedelta(seconds=settings.analytics_snapshot_seconds),
+            recovery_config=RecoveryConfig(store),
+        )
     except (KeyboardInterrupt, BytewaxRuntimeError):
         if not _stopping.is_set():
             raise

@@ -5,8 +5,8 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TypeGuard, cast
 from datetime import timedelta
+from typing import TypeGuard, cast
 
 import bytewax.connectors.kafka.operators as kop
 import bytewax.operators as op
@@ -47,8 +47,9 @@ class Edges:
 
 def kafka_edges(settings: Settings) -> Edges:
     def read(flow: Dataflow) -> Stream[Message]:
-        consumed = kop.input("read invoices", flow, brokers=[settings.kafka_bootstrap],
-                             topics=[settings.facturation_topic])
+        consumed = kop.input(
+            "read invoices", flow, brokers=[settings.kafka_bootstrap], topics=[settings.facturation_topic]
+        )
         # A consumer error (a broker away, say) is no message: it is logged; librdkafka reconnects by itself.
         op.inspect("consumer errors", consumed.errs, lambda _step, error: log.warning("kafka: %s", error.err.str()))
         return consumed.oks
@@ -56,8 +57,13 @@ def kafka_edges(settings: Settings) -> Edges:
     def write(step_id: str, up: Stream[KafkaSinkMessage], topic: str) -> None:
         # acks=all and idempotence: a record the dataflow wrote is not lost on a broker hiccup, nor written twice
         # by the producer's own retries.
-        kop.output(step_id, up, brokers=[settings.kafka_bootstrap], topic=topic,
-                   add_config={"acks": "all", "enable.idempotence": "true", "linger.ms": "5"})
+        kop.output(
+            step_id,
+            up,
+            brokers=[settings.kafka_bootstrap],
+            topic=topic,
+            add_config={"acks": "all", "enable.idempotence": "true", "linger.ms": "5"},
+        )
 
     return Edges(read, write, lambda topic: partition_count(settings, topic))
 
@@ -87,8 +93,10 @@ def _check(message: Message, max_skew: timedelta) -> Received | KafkaSinkMessage
 
 def to_dead_letter(reason: str, message: Message) -> KafkaSinkMessage:
     """The dead letter of a message: keyed as it was, naming where it was read."""
-    return KafkaSinkMessage(dead_letter_key(message.key), dead_letter(reason, message.value or b"", message.topic or "",
-                                                     message.partition or 0, message.offset or 0))
+    return KafkaSinkMessage(
+        dead_letter_key(message.key),
+        dead_letter(reason, message.value or b"", message.topic or "", message.partition or 0, message.offset or 0),
+    )
 
 
 def partition_count(settings: Settings, topic: str) -> int:

@@ -12,8 +12,19 @@ from datetime import datetime, timedelta
 from shopmesh.runtime.invoices import EPOCH, Invoice, iso_millis
 from shopmesh.runtime.money import format_cents
 
-__all__ = ["EPOCH", "MAX_DEAD_LETTER_RAW", "REMEMBERED_IDS", "WINDOW", "RunningTotal", "WindowSum", "customer_total",
-           "dead_letter", "dead_letter_key", "window_start", "window_total"]
+__all__ = [
+    "EPOCH",
+    "MAX_DEAD_LETTER_RAW",
+    "REMEMBERED_IDS",
+    "WINDOW",
+    "RunningTotal",
+    "WindowSum",
+    "customer_total",
+    "dead_letter",
+    "dead_letter_key",
+    "window_start",
+    "window_total",
+]
 
 WINDOW = timedelta(seconds=5)
 #: Invoice ids a customer's running total remembers, to count an event published twice only once. Billing's
@@ -83,15 +94,23 @@ class RunningTotal:
 
 
 def window_total(start: datetime, total_cents: int, count: int) -> bytes:
-    return json.dumps({"window_start": iso_millis(start), "window_end": iso_millis(start + WINDOW),
-                       "total": format_cents(total_cents), "count": count}).encode()
+    return json.dumps(
+        {
+            "window_start": iso_millis(start),
+            "window_end": iso_millis(start + WINDOW),
+            "total": format_cents(total_cents),
+            "count": count,
+        }
+    ).encode()
 
 
 def customer_total(customer_name: str, total_cents: int, count: int, updated_at: datetime) -> bytes:
     # Written out by hand, the name as JSON once per customer: json.dumps of the whole record was a third of the
     # dataflow's time. The same bytes as json.dumps of the dict (a unit test says so).
-    return (f'{{"customer_name": {_json_string(customer_name)}, "total": "{format_cents(total_cents)}", '
-            f'"count": {count}, "updated_at": "{iso_millis(updated_at)}"}}').encode()
+    return (
+        f'{{"customer_name": {_json_string(customer_name)}, "total": "{format_cents(total_cents)}", '
+        f'"count": {count}, "updated_at": "{iso_millis(updated_at)}"}}'
+    ).encode()
 
 
 @functools.lru_cache(maxsize=4096)
@@ -102,8 +121,13 @@ def _json_string(text: str) -> str:
 def dead_letter(reason: str, raw: bytes, topic: str, partition: int, offset: int) -> bytes:
     """The dead-letter record of a message. A longer message than MAX_DEAD_LETTER_RAW is cut to that many bytes
     and its full size given as raw_bytes; topic, partition and offset still find it whole."""
-    record = {"error": reason, "raw": raw[:MAX_DEAD_LETTER_RAW].decode("utf-8", errors="replace"), "topic": topic,
-              "partition": partition, "offset": offset}
+    record = {
+        "error": reason,
+        "raw": raw[:MAX_DEAD_LETTER_RAW].decode("utf-8", errors="replace"),
+        "topic": topic,
+        "partition": partition,
+        "offset": offset,
+    }
     if len(raw) > MAX_DEAD_LETTER_RAW:
         record["raw_bytes"] = len(raw)
     return json.dumps(record).encode()

@@ -28,14 +28,24 @@ def flow(settings: Settings | None = None, edges: kafka.Edges | None = None) -> 
     received = kafka.invoices(flow, settings, edges, report_unreadable=False)  # totals_by_customer reports them
     # One key: every window totals all customers.
     everything = op.key_on("all customers", received, lambda _: "all")
-    clock = PartitionedEventClock(_issued_at, _partition,
-                                  edges.partitions(settings.facturation_topic),
-                                  wait_for_system_duration=late_after,
-                                  # Wake up when a window can close, not at its end, which would poll until then.
-                                  to_system_utc=lambda close: close + late_after)
-    windows = fold_window("5 s windows", everything, clock, KeptTumblingWindower(WINDOW, align_to=EPOCH),
-                          WindowSum, lambda window, item: window.add(item.invoice), WindowSum.merge,
-                          ordered=False)
+    clock = PartitionedEventClock(
+        _issued_at,
+        _partition,
+        edges.partitions(settings.facturation_topic),
+        wait_for_system_duration=late_after,
+        # Wake up when a window can close, not at its end, which would poll until then.
+        to_system_utc=lambda close: close + late_after,
+    )
+    windows = fold_window(
+        "5 s windows",
+        everything,
+        clock,
+        KeptTumblingWindower(WINDOW, align_to=EPOCH),
+        WindowSum,
+        lambda window, item: window.add(item.invoice),
+        WindowSum.merge,
+        ordered=False,
+    )
     closed = op.map("window totals", windows.down, _record)
     edges.write("write totals", closed, settings.total_5s_topic)
     late = op.map("late invoices", windows.late, lambda keyed: kafka.to_dead_letter("late", keyed[1][1].message))

@@ -32,5 +32,6 @@ def _add(total: RunningTotal | None, item: kafka.Received) -> tuple[RunningTotal
         return total, []  # an invoice published twice leaves the total as it was
     # The record is made here, not downstream: the state keeps changing while the batch goes on.
     customer = item.invoice.customer_name
-    return total, [KafkaSinkMessage(customer.encode(),
-                                    customer_total(customer, total.total_cents, total.count, total.updated_at))]
+    return total, [
+        KafkaSinkMessage(customer.encode(), customer_total(customer, total.total_cents, total.count, total.updated_at))
+    ]

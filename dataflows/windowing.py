@@ -17,8 +17,16 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from bytewax.operators.windowing import (UTC_MAX, UTC_MIN, Clock, ClockLogic, TumblingWindower, WindowerLogic,
-                                         WindowMetadata, Windower)
+from bytewax.operators.windowing import (
+    UTC_MAX,
+    UTC_MIN,
+    Clock,
+    ClockLogic,
+    TumblingWindower,
+    Windower,
+    WindowerLogic,
+    WindowMetadata,
+)
 
 
 @dataclass
@@ -159,5 +167,12 @@ class PartitionedEventClock(Clock):
             # watermark, so that the windows it closed stay closed.
             watermark = getattr(resume_state, "watermark_base", UTC_MIN)
             state = _PartitionedState({}, watermark, self.now())
-        return _PartitionedClockLogic(self.timestamp_of, self.partition_of, self.partitions,
-                                      self.wait_for_system_duration, self.to_system_utc, self.now, state)
+        return _PartitionedClockLogic(
+            self.timestamp_of,
+            self.partition_of,
+            self.partitions,
+            self.wait_for_system_duration,
+            self.to_system_utc,
+            self.now,
+            state,
+        )

@@ -8,9 +8,8 @@ import grpc
 import httpx
 
 from keycloak import KeycloakOpenID
-
-from shopmesh.tooling import realm
 from shopmesh.runtime.settings import Settings
+from shopmesh.tooling import realm
 
 #: Not a person: the shopmesh-services client's service account, the only holder of MESH_SERVICE.
 SERVICE_ACCOUNT = "service-account-shopmesh-services"
@@ -32,8 +31,12 @@ class Tokens:
         return token
 
     def _service_token(self) -> dict:
-        client = KeycloakOpenID(server_url=f"{self.settings.keycloak_url}/", realm_name=realm.REALM,
-                                client_id="shopmesh-services", client_secret_key=self.settings.services_client_secret)
+        client = KeycloakOpenID(
+            server_url=f"{self.settings.keycloak_url}/",
+            realm_name=realm.REALM,
+            client_id="shopmesh-services",
+            client_secret_key=self.settings.services_client_secret,
+        )
         return client.token(grant_type="client_credentials")
 
     def forget(self) -> None:

@@ -26,13 +26,20 @@ SHOPMESH = [sys.executable, "-m", "shopmesh.tooling.cli"]
 #: extra instances, dataflows, the CLI) all find it. The unit tests clear every SHOPMESH_* variable.
 TEST_MESH = {
     "SHOPMESH_VAR_DIR": str(PROJECT_ROOT / "var" / "test"),
-    "SHOPMESH_CONSUL_HTTP_PORT": "28500", "SHOPMESH_CONSUL_DNS_PORT": "28600",
-    "SHOPMESH_CONSUL_SERVER_PORT": "28300", "SHOPMESH_CONSUL_SERF_LAN_PORT": "28301",
-    "SHOPMESH_KAFKA_PORT": "29092", "SHOPMESH_KAFKA_CONTROLLER_PORT": "29093",
-    "SHOPMESH_KEYCLOAK_PORT": "28180", "SHOPMESH_GATEWAY_PORT": "28080", "SHOPMESH_ENVOY_ADMIN_PORT": "29901",
+    "SHOPMESH_CONSUL_HTTP_PORT": "28500",
+    "SHOPMESH_CONSUL_DNS_PORT": "28600",
+    "SHOPMESH_CONSUL_SERVER_PORT": "28300",
+    "SHOPMESH_CONSUL_SERF_LAN_PORT": "28301",
+    "SHOPMESH_KAFKA_PORT": "29092",
+    "SHOPMESH_KAFKA_CONTROLLER_PORT": "29093",
+    "SHOPMESH_KEYCLOAK_PORT": "28180",
+    "SHOPMESH_GATEWAY_PORT": "28080",
+    "SHOPMESH_ENVOY_ADMIN_PORT": "29901",
     "SHOPMESH_CONTROL_PLANE_PORT": "28000",
-    **{f"SHOPMESH_SERVICE_PORTS__{service.name.upper()}": str(28051 + number)
-       for number, service in enumerate(SERVICES)},
+    **{
+        f"SHOPMESH_SERVICE_PORTS__{service.name.upper()}": str(28051 + number)
+        for number, service in enumerate(SERVICES)
+    },
 }
 os.environ.update(TEST_MESH)
 
@@ -89,14 +96,18 @@ def email() -> str:
 def billing(mesh, tokens):
     """bill(quantity) makes a bill as the billing manager, for one customer and product made for the session."""
     admin = httpx.Client(base_url=mesh.gateway_url, timeout=30, auth=Bearer(tokens))
-    customer = admin.post("/v1/customers", json={"name": f"Streamer {uuid.uuid4().hex[:4]}",
-                                                 "email": f"{uuid.uuid4().hex[:10]}@example.com"}).json()
+    customer = admin.post(
+        "/v1/customers",
+        json={"name": f"Streamer {uuid.uuid4().hex[:4]}", "email": f"{uuid.uuid4().hex[:10]}@example.com"},
+    ).json()
     product = admin.post("/v1/products", json={"name": "Stream item", "price": "12.34", "quantity": 100}).json()
     client = httpx.Client(base_url=mesh.gateway_url, timeout=30, auth=Bearer(tokens, "billing-manager"))
 
     def bill(quantity: int = 1) -> dict:
-        answer = client.post("/v1/bills", json={"customerId": customer["id"],
-                                                "items": [{"productId": product["id"], "quantity": quantity}]})
+        answer = client.post(
+            "/v1/bills",
+            json={"customerId": customer["id"], "items": [{"productId": product["id"], "quantity": quantity}]},
+        )
         assert answer.status_code == 200, answer.text
         return answer.json()
 

@@ -6,7 +6,6 @@ import json
 import time
 
 from kafka import KafkaConsumer, TopicPartition
-
 from shopmesh.runtime.settings import Settings
 
 

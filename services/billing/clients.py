@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import re
 
-from shopmesh.runtime.auth import ServiceToken
 from shopmesh.customer.v1 import customer_service_pb2 as customer_pb
 from shopmesh.customer.v1 import customer_service_pb2_grpc as customer_grpc
-from shopmesh.runtime.errors import NotFound, shown
 from shopmesh.inventory.v1 import inventory_service_pb2 as inventory_pb
 from shopmesh.inventory.v1 import inventory_service_pb2_grpc as inventory_grpc
+from shopmesh.runtime.auth import ServiceToken
 from shopmesh.runtime.catalogue import part
+from shopmesh.runtime.errors import NotFound, shown
 from shopmesh.runtime.settings import Settings
 from shopmesh.runtime.upstream import Upstream
 

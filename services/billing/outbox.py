@@ -19,15 +19,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from typing import cast
 from datetime import UTC, datetime, timedelta
+from typing import cast
 
-from kafka import KafkaProducer
 from sqlalchemy import Connection, CursorResult, delete, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_exponential
 
+from kafka import KafkaProducer
 from services.billing.models import OutboxRow, RelayLeaseRow
 from shopmesh.runtime import invoices
 from shopmesh.runtime.db import Database
@@ -69,20 +69,24 @@ class OutboxRelay:
             await asyncio.gather(self._task, return_exceptions=True)
         if self._lease_until:  # hand the lease on now rather than when it runs out
             try:
-                await self.db.run(lambda session: session.execute(delete(RelayLeaseRow).where(
-                    RelayLeaseRow.name == "outbox", RelayLeaseRow.holder == self.holder)))
-            except Exception as error:  # noqa: BLE001 - stopping: the lease then runs out by itself
+                await self.db.run(
+                    lambda session: session.execute(
+                        delete(RelayLeaseRow).where(RelayLeaseRow.name == "outbox", RelayLeaseRow.holder == self.holder)
+                    )
+                )
+            except Exception as error:
                 log.warning("giving up the outbox lease: %s", error)
         if self._producer is not None:
             # What is acknowledged meanwhile stays unmarked, and is published again by the next start.
             try:
                 await asyncio.to_thread(self._producer.close, 5)
-            except Exception as error:  # noqa: BLE001 - stopping: what was not flushed waits in the outbox
+            except Exception as error:
                 log.warning("closing the Kafka producer: %s", error)
 
     async def _supervise(self) -> None:
         async for attempt in AsyncRetrying(
-            retry=retry_if_exception_type(Exception), wait=wait_exponential(multiplier=0.5, max=15),
+            retry=retry_if_exception_type(Exception),
+            wait=wait_exponential(multiplier=0.5, max=15),
             before_sleep=_report_retry,
         ):
             with attempt:
@@ -112,9 +116,14 @@ class OutboxRelay:
         def take(session: Session) -> bool:
             now = _now()
             lease = {"holder": self.holder, "expires_at": now + timedelta(seconds=LEASE_SECONDS)}
-            renewed = session.execute(update(RelayLeaseRow).where(
-                RelayLeaseRow.name == "outbox",
-                or_(RelayLeaseRow.holder == self.holder, RelayLeaseRow.expires_at < now)).values(**lease))
+            renewed = session.execute(
+                update(RelayLeaseRow)
+                .where(
+                    RelayLeaseRow.name == "outbox",
+                    or_(RelayLeaseRow.holder == self.holder, RelayLeaseRow.expires_at < now),
+                )
+                .values(**lease)
+            )
             if cast(CursorResult, renewed).rowcount:  # an UPDATE's result is a cursor result
                 return True
             if session.get(RelayLeaseRow, "outbox") is not None:
@@ -136,8 +145,7 @@ class OutboxRelay:
         in_flight = list(self._in_flight)
 
         def waiting(connection: Connection) -> list[tuple[str, bytes, bytes]]:
-            query = select(OutboxRow.invoice_id, OutboxRow.key, OutboxRow.value).where(
-                OutboxRow.published_at.is_(None))
+            query = select(OutboxRow.invoice_id, OutboxRow.key, OutboxRow.value).where(OutboxRow.published_at.is_(None))
             if in_flight:
                 query = query.where(OutboxRow.invoice_id.not_in(in_flight))
             return [tuple(row) for row in connection.execute(query.order_by(OutboxRow.created_at).limit(BATCH))]
@@ -155,8 +163,9 @@ class OutboxRelay:
         for invoice_id, key, value in rows:
             future = self._producer.send(self.settings.facturation_topic, key=key, value=value)
             self._in_flight[invoice_id] = None
-            future.add_both(lambda outcome, invoice_id=invoice_id: loop.call_soon_threadsafe(
-                self._done, invoice_id, outcome))
+            future.add_both(
+                lambda outcome, invoice_id=invoice_id: loop.call_soon_threadsafe(self._done, invoice_id, outcome)
+            )
 
     def _done(self, invoice_id: str, outcome) -> None:
         """On the event loop, when Kafka acknowledged an event or the producer gave up on it."""
@@ -173,8 +182,11 @@ class OutboxRelay:
             return
         acked, self._acked = self._acked, []
         try:
-            await self.db.write(lambda connection: connection.execute(
-                update(OutboxRow).where(OutboxRow.invoice_id.in_(acked)).values(published_at=_now())))
+            await self.db.write(
+                lambda connection: connection.execute(
+                    update(OutboxRow).where(OutboxRow.invoice_id.in_(acked)).values(published_at=_now())
+                )
+            )
         except BaseException:
             self._acked[:0] = acked
             raise
@@ -184,6 +196,7 @@ class OutboxRelay:
 
     async def waiting(self) -> tuple[int, float]:
         """How many events wait, and the age in seconds of the oldest (0 when none wait)."""
+
         def count(connection: Connection) -> tuple[int, datetime | None]:
             query = select(func.count(), func.min(OutboxRow.created_at)).where(OutboxRow.published_at.is_(None))
             return tuple(connection.execute(query).one())

@@ -45,14 +45,20 @@ class Reservations:
         self._task: asyncio.Task | None = None
 
     async def begin(self, bill_id: str) -> None:
-        await self.db.write(lambda connection: connection.execute(
-            insert(PendingBillRow), {"id": bill_id, "created_at": _now(), "releasing": False}))
+        await self.db.write(
+            lambda connection: connection.execute(
+                insert(PendingBillRow), {"id": bill_id, "created_at": _now(), "releasing": False}
+            )
+        )
 
     async def give_back(self, bill_id: str) -> bool:
         """Release the bill's stock and forget it; False (and it stays pending, for the reconciler) when inventory
         cannot be reached."""
-        await self.db.run(lambda session: session.execute(
-            update(PendingBillRow).where(PendingBillRow.id == bill_id).values(releasing=True)))
+        await self.db.run(
+            lambda session: session.execute(
+                update(PendingBillRow).where(PendingBillRow.id == bill_id).values(releasing=True)
+            )
+        )
         try:
             await self.inventory.release(bill_id)
         except ServiceError as error:
@@ -64,8 +70,11 @@ class Reservations:
     async def reconcile_once(self) -> int:
         """Give back the stock of every stale pending bill; return how many were given back."""
         cutoff = _now() - self.stale_after
-        stale = await self.db.run(lambda session: list(session.scalars(
-            select(PendingBillRow.id).where(PendingBillRow.created_at < cutoff).limit(100))))
+        stale = await self.db.run(
+            lambda session: list(
+                session.scalars(select(PendingBillRow.id).where(PendingBillRow.created_at < cutoff).limit(100))
+            )
+        )
         given = 0
         for bill_id in stale:
             if await self.give_back(bill_id):
@@ -78,7 +87,7 @@ class Reservations:
             while True:
                 try:
                     await self.reconcile_once()
-                except Exception:  # noqa: BLE001 - a database hiccup: the next round retries
+                except Exception:
                     log.exception("reconciling pending bills failed; retrying")
                 await asyncio.sleep(every)
 

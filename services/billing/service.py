@@ -10,23 +10,22 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from sqlalchemy import Connection, bindparam, func, insert, select
 from sqlalchemy.orm import Session
 
-from services.billing.models import Base, BillItemRow, BillRow, OutboxRow
+from services import seeds
 from services.billing.clients import Customers, Inventory
+from services.billing.models import Base, BillItemRow, BillRow, OutboxRow
 from services.billing.outbox import OutboxRelay
 from services.billing.reservations import Reservations, store_pending
-from shopmesh.runtime.auth import ServiceToken
-from services import seeds
-from shopmesh.runtime import invoices
 from shopmesh.billing.v1 import billing_service_pb2 as pb
 from shopmesh.billing.v1 import billing_service_pb2_grpc as pb_grpc
 from shopmesh.customer.v1.customer_service_pb2 import Customer
+from shopmesh.inventory.v1.inventory_service_pb2 import Product
+from shopmesh.runtime import catalogue, invoices
+from shopmesh.runtime.auth import ServiceToken
 from shopmesh.runtime.db import Database, table
 from shopmesh.runtime.discovery import StatusCheck
 from shopmesh.runtime.errors import InvalidArgument, NotFound, shown
-from shopmesh.inventory.v1.inventory_service_pb2 import Product
 from shopmesh.runtime.money import MAX_CENTS, format_cents, parse_cents
 from shopmesh.runtime.resources import check_id, new_id, page, product_lines
-from shopmesh.runtime import catalogue
 from shopmesh.runtime.server import Service
 from shopmesh.runtime.settings import Settings
 
@@ -38,8 +37,11 @@ ITEMS = table(BillItemRow)
 OUTBOX = table(OutboxRow)
 #: Built once: a statement made per call costs more than the read itself.
 BILL_BY_ID = select(BILLS).where(BILLS.c.id == bindparam("id"))
-ITEMS_OF = select(ITEMS).where(ITEMS.c.bill_seq.in_(bindparam("seqs", expanding=True))).order_by(
-    ITEMS.c.bill_seq, ITEMS.c.position)
+ITEMS_OF = (
+    select(ITEMS)
+    .where(ITEMS.c.bill_seq.in_(bindparam("seqs", expanding=True)))
+    .order_by(ITEMS.c.bill_seq, ITEMS.c.position)
+)
 
 
 def to_message(row, items) -> pb.Bill:
@@ -102,8 +104,9 @@ class NewBill(NamedTuple):
     total_cents: int
 
 
-def new_bill(bill_id: str, customer: Customer, lines: list[tuple[str, int]],
-             products: list[Product]) -> tuple[NewBill, list[NewItem]]:
+def new_bill(
+    bill_id: str, customer: Customer, lines: list[tuple[str, int]], products: list[Product]
+) -> tuple[NewBill, list[NewItem]]:
     """The bill at the prices the inventory reserved at; amounts and total in integer cents."""
     items = []
     for position, ((product_id, quantity), product) in enumerate(zip(lines, products, strict=True)):
@@ -111,8 +114,10 @@ def new_bill(bill_id: str, customer: Customer, lines: list[tuple[str, int]],
         items.append(NewItem(position, product_id, product.name, quantity, unit, unit * quantity))
     total = sum(item.amount_cents for item in items)
     if total >= MAX_CENTS:
-        raise InvalidArgument("items", f"the bill's total {format_cents(total)} is too large: it must stay below "
-                                       f"{format_cents(MAX_CENTS)}")
+        raise InvalidArgument(
+            "items",
+            f"the bill's total {format_cents(total)} is too large: it must stay below {format_cents(MAX_CENTS)}",
+        )
     bill = NewBill(bill_id, datetime.now(UTC).replace(tzinfo=None), customer.id, customer.name, customer.email, total)
     return bill, items
 
@@ -124,13 +129,16 @@ def store_bill(connection: Connection, bill: NewBill, items: list[NewItem], even
         raise RuntimeError("the database gave no key for the bill it stored")
     seq = stored[0]
     connection.execute(insert(ITEMS), [{"bill_seq": seq, **item._asdict()} for item in items])
-    connection.execute(insert(OUTBOX), {"invoice_id": bill.id, "key": event.key(), "value": event.value(),
-                                        "created_at": bill.billing_date})
+    connection.execute(
+        insert(OUTBOX),
+        {"invoice_id": bill.id, "key": event.key(), "value": event.value(), "created_at": bill.billing_date},
+    )
 
 
 class BillingService(pb_grpc.BillingServiceServicer):
-    def __init__(self, db: Database, customers: Customers, inventory: Inventory, relay: OutboxRelay,
-                 reservations: Reservations) -> None:
+    def __init__(
+        self, db: Database, customers: Customers, inventory: Inventory, relay: OutboxRelay, reservations: Reservations
+    ) -> None:
         self.db = db
         self.relay = relay
         self.customers = customers
@@ -143,8 +151,9 @@ class BillingService(pb_grpc.BillingServiceServicer):
             query = query.where(BILLS.c.customer_id == check_id(request.customer_id, "customer_id"))
 
         def work(connection: Connection) -> pb.ListBillsResponse:
-            rows, token = page(connection, query, BILLS.c.seq, request.page_size, request.page_token,
-                               descending=True, key_type=int)
+            rows, token = page(
+                connection, query, BILLS.c.seq, request.page_size, request.page_token, descending=True, key_type=int
+            )
             return pb.ListBillsResponse(bills=read_bills(connection, rows), next_page_token=token)
 
         return await self.db.read(work)
@@ -203,14 +212,27 @@ def seed(session: Session) -> None:
         return
     for bill in seeds.BILLS:
         items = [
-            BillItemRow(position=position, product_id=product.id, product_name=product.name, quantity=quantity,
-                        unit_price_cents=product.price_cents, amount_cents=product.price_cents * quantity)
+            BillItemRow(
+                position=position,
+                product_id=product.id,
+                product_name=product.name,
+                quantity=quantity,
+                unit_price_cents=product.price_cents,
+                amount_cents=product.price_cents * quantity,
+            )
             for position, (product, quantity) in enumerate(bill.lines)
         ]
-        session.add(BillRow(id=bill.id, billing_date=datetime.now(UTC).replace(tzinfo=None),
-                            customer_id=bill.customer.id, customer_name=bill.customer.name,
-                            customer_email=bill.customer.email,
-                            total_cents=sum(item.amount_cents for item in items), items=items))
+        session.add(
+            BillRow(
+                id=bill.id,
+                billing_date=datetime.now(UTC).replace(tzinfo=None),
+                customer_id=bill.customer.id,
+                customer_name=bill.customer.name,
+                customer_email=bill.customer.email,
+                total_cents=sum(item.amount_cents for item in items),
+                items=items,
+            )
+        )
 
 
 async def attach(server: grpc.aio.Server, settings: Settings, status_checks: list[StatusCheck]):

@@ -82,8 +82,13 @@ class AggregatedDiscovery(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
         if request.response_nonce and request.response_nonce != subscription.awaiting_nonce:
             return  # an answer to a response already superseded
         if request.error_detail.code:
-            log.warning("%s rejected %s version %s: %s", peer, request.type_url, subscription.sent_version,
-                        request.error_detail.message)
+            log.warning(
+                "%s rejected %s version %s: %s",
+                peer,
+                request.type_url,
+                subscription.sent_version,
+                request.error_detail.message,
+            )
         elif not request.response_nonce and request.version_info:
             # A reconnecting Envoy (this control plane restarted) says what it already holds.
             subscription.sent_version = request.version_info
@@ -105,5 +110,6 @@ class AggregatedDiscovery(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
         nonce = str(next(self._nonces))
         subscription.sent_version, subscription.sent_names = snapshot.version, subscription.names
         subscription.awaiting_nonce = nonce
-        return discovery_pb2.DiscoveryResponse(version_info=snapshot.version, type_url=type_url,
-                                               resources=resources, nonce=nonce)
+        return discovery_pb2.DiscoveryResponse(
+            version_info=snapshot.version, type_url=type_url, resources=resources, nonce=nonce
+        )

@@ -72,9 +72,15 @@ def load_assignment(name: str, addresses: Sequence[str]) -> endpoint_pb2.Cluster
     endpoints = []
     for address in sorted(addresses):
         host, _, port = address.rpartition(":")
-        endpoints.append(endpoint_components_pb2.LbEndpoint(endpoint=endpoint_components_pb2.Endpoint(
-            address=address_pb2.Address(socket_address=address_pb2.SocketAddress(address=host, port_value=int(port)))
-        )))
+        endpoints.append(
+            endpoint_components_pb2.LbEndpoint(
+                endpoint=endpoint_components_pb2.Endpoint(
+                    address=address_pb2.Address(
+                        socket_address=address_pb2.SocketAddress(address=host, port_value=int(port))
+                    )
+                )
+            )
+        )
     return endpoint_pb2.ClusterLoadAssignment(
         cluster_name=name, endpoints=[endpoint_components_pb2.LocalityLbEndpoints(lb_endpoints=endpoints)]
     )

@@ -10,11 +10,11 @@ from services.customer.models import UNIQUE_EMAIL, Base, CustomerRow
 from services.seeds import CUSTOMERS
 from shopmesh.customer.v1 import customer_service_pb2 as pb
 from shopmesh.customer.v1 import customer_service_pb2_grpc as pb_grpc
+from shopmesh.runtime import catalogue
 from shopmesh.runtime.db import Database, table
 from shopmesh.runtime.discovery import StatusCheck
 from shopmesh.runtime.errors import AlreadyExists, InvalidArgument, NotFound, shown
 from shopmesh.runtime.resources import check_id, check_name, fields_to_update, new_id, page, target_id
-from shopmesh.runtime import catalogue
 from shopmesh.runtime.server import Service
 from shopmesh.runtime.settings import Settings
 
@@ -56,8 +56,9 @@ def _get(session: Session, customer_id: str) -> CustomerRow:
 
 def _flush_unique_email(session: Session, row: CustomerRow) -> None:
     taken = AlreadyExists(f"customer.email: {shown(row.email)} already belongs to another customer")
-    same = select(CustomerRow.id).where(func.lower(CustomerRow.email) == func.lower(row.email),
-                                        CustomerRow.id != row.id)
+    same = select(CustomerRow.id).where(
+        func.lower(CustomerRow.email) == func.lower(row.email), CustomerRow.id != row.id
+    )
     with session.no_autoflush:  # the query must not flush the row it checks, which would hit the index first
         if session.scalar(same.limit(1)) is not None:
             raise taken

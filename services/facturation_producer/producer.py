@@ -8,13 +8,13 @@ import uuid
 from datetime import UTC, datetime
 
 from services.facturation_producer import CONSUL_NAME, service_id
-from shopmesh.runtime import invoices
-from shopmesh.runtime.auth import ServiceToken
 from shopmesh.customer.v1 import customer_service_pb2 as customer_pb
 from shopmesh.customer.v1 import customer_service_pb2_grpc as customer_grpc
+from shopmesh.runtime import invoices
+from shopmesh.runtime.auth import ServiceToken
+from shopmesh.runtime.catalogue import part
 from shopmesh.runtime.discovery import Registration
 from shopmesh.runtime.errors import ServiceError
-from shopmesh.runtime.catalogue import part
 from shopmesh.runtime.settings import Settings, load
 from shopmesh.runtime.upstream import Upstream
 
@@ -31,8 +31,9 @@ class CustomerNames:
     """Names of the customer service's customers, refreshed now and then; the built-in list when it is away."""
 
     def __init__(self, settings: Settings) -> None:
-        self.customers = Upstream(settings, part("customer").consul_name, customer_grpc.CustomerServiceStub,
-                                  ServiceToken(settings))
+        self.customers = Upstream(
+            settings, part("customer").consul_name, customer_grpc.CustomerServiceStub, ServiceToken(settings)
+        )
         self.names: tuple[str, ...] = BUILT_IN_CUSTOMERS
         self._fetched = float("-inf")
 
@@ -47,14 +48,14 @@ class CustomerNames:
                 self.names = BUILT_IN_CUSTOMERS
         return random.choice(self.names)
 
-
     async def _fetch(self) -> tuple[str, ...]:
         """Every customer's name, page by page, up to MAX_NAMES."""
         names: list[str] = []
         token = ""
         while len(names) < MAX_NAMES:
             answer = await self.customers.call(
-                "ListCustomers", customer_pb.ListCustomersRequest(page_size=1000, page_token=token))
+                "ListCustomers", customer_pb.ListCustomersRequest(page_size=1000, page_token=token)
+            )
             names.extend(customer.name for customer in answer.customers)
             token = answer.next_page_token
             if not token:
@@ -63,8 +64,12 @@ class CustomerNames:
 
 
 def invoice(customer_name: str) -> invoices.Invoice:
-    return invoices.Invoice(invoice_id=uuid.uuid4().hex, customer_name=customer_name,
-                            amount_cents=random.randint(1_000, 200_000), issued_at=datetime.now(UTC))
+    return invoices.Invoice(
+        invoice_id=uuid.uuid4().hex,
+        customer_name=customer_name,
+        amount_cents=random.randint(1_000, 200_000),
+        issued_at=datetime.now(UTC),
+    )
 
 
 async def run(settings: Settings) -> None:
@@ -84,7 +89,8 @@ async def run(settings: Settings) -> None:
     while not stopping.is_set():
         event = invoice(await names.pick())
         producer.send(settings.facturation_topic, key=event.key(), value=event.value()).add_errback(
-            lambda error: log.error("an invoice was not delivered: %s", error))
+            lambda error: log.error("an invoice was not delivered: %s", error)
+        )
         sent += 1
         if sent % 60 == 0:
             log.info("%d invoices sent", sent)

@@ -8,14 +8,14 @@ from sqlalchemy.orm import Session
 
 from services.inventory.models import Base, ProductRow, ReservationLineRow, ReservationRow
 from services.seeds import PRODUCTS
+from shopmesh.inventory.v1 import inventory_service_pb2 as pb
+from shopmesh.inventory.v1 import inventory_service_pb2_grpc as pb_grpc
+from shopmesh.runtime import catalogue
 from shopmesh.runtime.db import Database, table
 from shopmesh.runtime.discovery import StatusCheck
 from shopmesh.runtime.errors import FailedPrecondition, InvalidArgument, NotFound, shown
-from shopmesh.inventory.v1 import inventory_service_pb2 as pb
-from shopmesh.inventory.v1 import inventory_service_pb2_grpc as pb_grpc
 from shopmesh.runtime.money import format_cents, parse_cents
 from shopmesh.runtime.resources import check_id, check_name, fields_to_update, new_id, page, product_lines, target_id
-from shopmesh.runtime import catalogue
 from shopmesh.runtime.server import Service
 from shopmesh.runtime.settings import Settings
 
@@ -29,10 +29,17 @@ LINES = table(ReservationLineRow)
 #: Built once: a statement made per call costs more than the read itself.
 BY_ID = select(TABLE).where(TABLE.c.id == bindparam("id"))
 RESERVATION_RELEASED = select(RESERVATIONS.c.released).where(RESERVATIONS.c.id == bindparam("id"))
-TAKE = (update(TABLE).where(TABLE.c.id == bindparam("product"), TABLE.c.quantity >= bindparam("taken"))
-        .values(quantity=TABLE.c.quantity - bindparam("taken")))
-RESERVED_PRODUCTS = (select(TABLE).join(LINES, LINES.c.product_id == TABLE.c.id)
-                     .where(LINES.c.reservation_id == bindparam("id")).order_by(LINES.c.position))
+TAKE = (
+    update(TABLE)
+    .where(TABLE.c.id == bindparam("product"), TABLE.c.quantity >= bindparam("taken"))
+    .values(quantity=TABLE.c.quantity - bindparam("taken"))
+)
+RESERVED_PRODUCTS = (
+    select(TABLE)
+    .join(LINES, LINES.c.product_id == TABLE.c.id)
+    .where(LINES.c.reservation_id == bindparam("id"))
+    .order_by(LINES.c.position)
+)
 
 
 def to_message(row) -> pb.Product:
@@ -46,7 +53,7 @@ def clean(product: pb.Product, fields: tuple[str, ...] | list[str]) -> dict:
         values["name"] = check_name(product.name, "product.name")
     if "price" in fields:
         if not product.HasField("price"):
-            raise InvalidArgument("product.price", "is required, as a decimal string such as \"12.50\"")
+            raise InvalidArgument("product.price", 'is required, as a decimal string such as "12.50"')
         values["price_cents"] = parse_cents(product.price, "product.price")
     if "quantity" in fields:
         if product.quantity < 0:
@@ -127,8 +134,9 @@ class InventoryService(pb_grpc.InventoryServiceServicer):
             # Core statements, not the ORM: this runs once per bill, and its unit of work cost more than the SQL.
             released = connection.execute(RESERVATION_RELEASED, {"id": reservation_id}).scalar()
             if released:
-                raise FailedPrecondition(f"reservation_id: reservation {shown(reservation_id)} was released; "
-                                         "it takes no more stock")
+                raise FailedPrecondition(
+                    f"reservation_id: reservation {shown(reservation_id)} was released; it takes no more stock"
+                )
             if released is None:
                 # A concurrent reservation or release of the same id fails here, not halfway.
                 connection.execute(insert(RESERVATIONS).values(id=reservation_id, released=False, created_at=_now()))
@@ -144,9 +152,18 @@ class InventoryService(pb_grpc.InventoryServiceServicer):
                             f"lines[{index}].quantity: not enough stock of {shown(row.name)}: "
                             f"{line.quantity} asked, {row.quantity} left"
                         )
-                connection.execute(insert(LINES), [
-                    {"reservation_id": reservation_id, "product_id": line.product_id, "quantity": line.quantity,
-                     "position": index} for index, line in enumerate(request.lines)])
+                connection.execute(
+                    insert(LINES),
+                    [
+                        {
+                            "reservation_id": reservation_id,
+                            "product_id": line.product_id,
+                            "quantity": line.quantity,
+                            "position": index,
+                        }
+                        for index, line in enumerate(request.lines)
+                    ],
+                )
             products = connection.execute(RESERVED_PRODUCTS, {"id": reservation_id})
             return pb.ReserveStockResponse(products=map(to_message, products))
 
@@ -166,7 +183,8 @@ class InventoryService(pb_grpc.InventoryServiceServicer):
                 reservation.released = True
             for line in _reservation(session, request.reservation_id):
                 session.execute(
-                    update(ProductRow).where(ProductRow.id == line.product_id)
+                    update(ProductRow)
+                    .where(ProductRow.id == line.product_id)
                     .values(quantity=ProductRow.quantity + line.quantity)
                 )
                 session.delete(line)

@@ -12,8 +12,8 @@ from typing import Protocol
 import grpc
 import jwt
 from grpc.aio import ServerInterceptor
-from keycloak import KeycloakOpenID
 
+from keycloak import KeycloakOpenID
 from shopmesh.runtime.permissions import allowed, is_open
 from shopmesh.runtime.settings import Settings
 
@@ -64,13 +64,24 @@ class TokenVerifier:
 
     def __init__(self, settings: Settings) -> None:
         self.issuer = settings.keycloak_issuer
-        self.jwks = jwt.PyJWKClient(f"{settings.keycloak_url}/realms/shopmesh/protocol/openid-connect/certs",
-                                    cache_keys=True, lifespan=300, timeout=5)
+        self.jwks = jwt.PyJWKClient(
+            f"{settings.keycloak_url}/realms/shopmesh/protocol/openid-connect/certs",
+            cache_keys=True,
+            lifespan=300,
+            timeout=5,
+        )
 
     def claims(self, token: str) -> dict:
         key = self.jwks.get_signing_key_from_jwt(token)
-        return jwt.decode(token, key.key, algorithms=["RS256"], audience=list(AUDIENCES), issuer=self.issuer,
-                          leeway=LEEWAY, options={"require": ["exp", "iss", "aud"]})
+        return jwt.decode(
+            token,
+            key.key,
+            algorithms=["RS256"],
+            audience=list(AUDIENCES),
+            issuer=self.issuer,
+            leeway=LEEWAY,
+            options={"require": ["exp", "iss", "aud"]},
+        )
 
 
 def _deny(code: grpc.StatusCode, message: str) -> grpc.RpcMethodHandler:
@@ -93,7 +104,9 @@ class Authorization(ServerInterceptor):
         header = dict(details.invocation_metadata or ()).get("authorization", "")
         scheme, _, token = header.partition(" ") if isinstance(header, str) else ("", "", "")
         if scheme.lower() != "bearer" or not token:
-            return _deny(grpc.StatusCode.UNAUTHENTICATED, "a Keycloak access token is required: authorization: Bearer <token>")
+            return _deny(
+                grpc.StatusCode.UNAUTHENTICATED, "a Keycloak access token is required: authorization: Bearer <token>"
+            )
         token = token.strip()
         try:
             # A token verified before is not verified again until it expires; a new one is, off the event loop.
@@ -110,8 +123,10 @@ class Authorization(ServerInterceptor):
             return _deny(grpc.StatusCode.UNAUTHENTICATED, f"invalid token: {error}")
         roles = claims.get("realm_access", {}).get("roles", [])
         if not allowed(details.method, roles):
-            return _deny(grpc.StatusCode.PERMISSION_DENIED,
-                         f"{claims.get('preferred_username', 'this caller')} lacks a role allowed to call {details.method}")
+            return _deny(
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"{claims.get('preferred_username', 'this caller')} lacks a role allowed to call {details.method}",
+            )
         return await continuation(details)
 
 
@@ -119,8 +134,12 @@ class ServiceToken:
     """The service account's access token (client credentials of shopmesh-services), renewed before it expires."""
 
     def __init__(self, settings: Settings, renew_before: float = 30) -> None:
-        self.client = KeycloakOpenID(server_url=settings.keycloak_url, realm_name="shopmesh",
-                                     client_id="shopmesh-services", client_secret_key=settings.services_client_secret)
+        self.client = KeycloakOpenID(
+            server_url=settings.keycloak_url,
+            realm_name="shopmesh",
+            client_id="shopmesh-services",
+            client_secret_key=settings.services_client_secret,
+        )
         self.renew_before = renew_before
         self._token = ""
         self._expires = 0.0

@@ -14,7 +14,12 @@ from dataclasses import dataclass, field
 
 #: The realm roles of shared/CONTRACT.md.
 USER, CUSTOMER_MANAGER, PRODUCT_MANAGER, BILLING_MANAGER, ADMIN = (
-    "USER", "CUSTOMER_MANAGER", "PRODUCT_MANAGER", "BILLING_MANAGER", "ADMIN")
+    "USER",
+    "CUSTOMER_MANAGER",
+    "PRODUCT_MANAGER",
+    "BILLING_MANAGER",
+    "ADMIN",
+)
 ROLES = (USER, CUSTOMER_MANAGER, PRODUCT_MANAGER, BILLING_MANAGER, ADMIN)
 #: Held by the shopmesh-services service account only (keycloak/shopmesh-realm.json): the internal RPCs are for the
 #: services themselves, never for a person, whatever their roles.
@@ -63,22 +68,30 @@ def _rpcs(*names: str, roles: frozenset[str]) -> dict[str, frozenset[str]]:
 
 SERVICES: tuple[ServicePart, ...] = (
     ServicePart(
-        "customer", "shopmesh.customer.v1.CustomerService", 50051,
-        permissions={**_rpcs("ListCustomers", "GetCustomer", roles=READERS),
-                     **_rpcs("CreateCustomer", "UpdateCustomer", "DeleteCustomer",
-                             roles=frozenset({CUSTOMER_MANAGER, ADMIN}))},
+        "customer",
+        "shopmesh.customer.v1.CustomerService",
+        50051,
+        permissions={
+            **_rpcs("ListCustomers", "GetCustomer", roles=READERS),
+            **_rpcs("CreateCustomer", "UpdateCustomer", "DeleteCustomer", roles=frozenset({CUSTOMER_MANAGER, ADMIN})),
+        },
     ),
     ServicePart(
-        "inventory", "shopmesh.inventory.v1.InventoryService", 50052,
-        permissions={**_rpcs("ListProducts", "GetProduct", roles=READERS),
-                     **_rpcs("CreateProduct", "UpdateProduct", "DeleteProduct",
-                             roles=frozenset({PRODUCT_MANAGER, ADMIN})),
-                     # Taking stock is part of making a bill, which billing does with its service account's token.
-                     **_rpcs("ReserveStock", "ReleaseStock", roles=frozenset({MESH_SERVICE}))},
+        "inventory",
+        "shopmesh.inventory.v1.InventoryService",
+        50052,
+        permissions={
+            **_rpcs("ListProducts", "GetProduct", roles=READERS),
+            **_rpcs("CreateProduct", "UpdateProduct", "DeleteProduct", roles=frozenset({PRODUCT_MANAGER, ADMIN})),
+            # Taking stock is part of making a bill, which billing does with its service account's token.
+            **_rpcs("ReserveStock", "ReleaseStock", roles=frozenset({MESH_SERVICE})),
+        },
         internal_rpcs=("ReserveStock", "ReleaseStock"),
     ),
     ServicePart(
-        "billing", "shopmesh.billing.v1.BillingService", 50053,
+        "billing",
+        "shopmesh.billing.v1.BillingService",
+        50053,
         permissions=_rpcs("ListBills", "GetBill", "CreateBill", roles=frozenset({BILLING_MANAGER, ADMIN})),
         depends_on=("customer", "inventory"),
     ),

@@ -39,8 +39,9 @@ def is_sqlite(url: str) -> bool:
 def make_engine(url: str, read_only: bool = False) -> Engine:
     if is_sqlite(url):
         Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, connect_args={"timeout": READ_BUSY_SECONDS if read_only else 30,
-                                                  "check_same_thread": False})
+        engine = create_engine(
+            url, connect_args={"timeout": READ_BUSY_SECONDS if read_only else 30, "check_same_thread": False}
+        )
 
         @event.listens_for(engine, "connect")
         def _pragmas(connection, _record) -> None:
@@ -60,6 +61,7 @@ def make_engine(url: str, read_only: bool = False) -> Engine:
             cursor.close()
 
         if not read_only:
+
             @event.listens_for(engine, "begin")
             def _begin(connection) -> None:
                 connection.exec_driver_sql("BEGIN IMMEDIATE")
@@ -80,8 +82,11 @@ class Database:
                 with self.engine.begin() as connection:
                     connection.execute(CreateIndex(index, if_not_exists=True))
             except IntegrityError as error:
-                log.error("cannot create the index %s: the stored rows break it (%s); fix them and restart",
-                          index.name, error.orig)
+                log.error(
+                    "cannot create the index %s: the stored rows break it (%s); fix them and restart",
+                    index.name,
+                    error.orig,
+                )
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="sqlite-writer") if is_sqlite(url) else None
         self._inline_reads = is_sqlite(url)
@@ -120,6 +125,7 @@ class Database:
         thread for a server database. It sees committed data only and must not write."""
 
         if not self._inline_reads:
+
             def reading() -> T:
                 with self._reader.connect() as connection:
                     return work(connection)

@@ -10,12 +10,12 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
-import consul
 import consul.aio
 import grpc
 
-from shopmesh.runtime.errors import Unavailable
+import consul
 from shopmesh.runtime import catalogue
+from shopmesh.runtime.errors import Unavailable
 from shopmesh.runtime.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -40,9 +40,16 @@ class Registration:
     """One instance of a service in Consul's catalog, under a unique id. A gRPC server is checked by Consul
     through grpc.health.v1; a process without a port (ttl given) keeps its TTL check passing itself."""
 
-    def __init__(self, settings: Settings, service: str, port: int, tags: tuple[str, ...] = ("grpc",),
-                 ttl: str | None = None, service_id: str | None = None,
-                 status_checks: Sequence[StatusCheck] = ()) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        service: str,
+        port: int,
+        tags: tuple[str, ...] = ("grpc",),
+        ttl: str | None = None,
+        service_id: str | None = None,
+        status_checks: Sequence[StatusCheck] = (),
+    ) -> None:
         self.settings = settings
         self.service = service
         self.port = port
@@ -68,17 +75,32 @@ class Registration:
         try:
             # replace_existing_checks: a restarted instance re-registers cleanly under the same id.
             # A status check that stops being reported turns critical after 4 rounds: its reporter is stuck.
-            extra = [{"CheckID": self._check_id(status), "Name": status.name, "TTL": f"{status.every * 4:g}s",
-                      "Status": "passing"} for status in self.status_checks]
+            extra = [
+                {
+                    "CheckID": self._check_id(status),
+                    "Name": status.name,
+                    "TTL": f"{status.every * 4:g}s",
+                    "Status": "passing",
+                }
+                for status in self.status_checks
+            ]
             await client.agent.service.register(
-                self.service, service_id=self.service_id, address=self.settings.advertise_address, port=self.port,
-                tags=self.tags, check=check, extra_checks=extra or None, replace_existing_checks=True,
+                self.service,
+                service_id=self.service_id,
+                address=self.settings.advertise_address,
+                port=self.port,
+                tags=self.tags,
+                check=check,
+                extra_checks=extra or None,
+                replace_existing_checks=True,
             )
         finally:
             await client.close()
         log.info("registered %s in Consul as %s (%s)", self.service, self.service_id, address)
-        self._reporters = [asyncio.create_task(self._report(self._check_id(status), status), name=status.name)
-                           for status in self.status_checks]
+        self._reporters = [
+            asyncio.create_task(self._report(self._check_id(status), status), name=status.name)
+            for status in self.status_checks
+        ]
 
     async def _report(self, check_id: str, status: StatusCheck) -> None:
         """Report the status check to Consul every status.every seconds until cancelled."""
@@ -93,7 +115,7 @@ class Registration:
                     if verdict != last:
                         (log.warning if verdict == "warning" else log.info)("%s: %s (%s)", status.name, verdict, notes)
                     last = verdict
-                except Exception as error:  # noqa: BLE001 - Consul away for a moment: the next round retries
+                except Exception as error:
                     log.warning("could not report the check %s: %s", status.name, error)
                 await asyncio.sleep(status.every)
         finally:
@@ -101,6 +123,7 @@ class Registration:
 
     async def keep_passing(self, every: float) -> None:
         """Pass the instance's own TTL check every `every` seconds until cancelled."""
+
         async def alive() -> tuple[str, str]:
             return "passing", ""
 
@@ -114,7 +137,7 @@ class Registration:
         try:
             await client.agent.service.deregister(self.service_id)
             log.info("deregistered %s from Consul", self.service_id)
-        except Exception as error:  # noqa: BLE001 - shutting down: Consul may be gone already
+        except Exception as error:
             log.warning("could not deregister %s: %s", self.service_id, error)
         finally:
             await client.close()
@@ -147,8 +170,9 @@ EMPTY_WAIT_SECONDS = 2.0
 class Endpoints:
     """The passing instances of one service, kept current by a Consul blocking query."""
 
-    def __init__(self, settings: Settings, service: str,
-                 on_change: Callable[[str, tuple[str, ...]], None] | None = None) -> None:
+    def __init__(
+        self, settings: Settings, service: str, on_change: Callable[[str, tuple[str, ...]], None] | None = None
+    ) -> None:
         self.settings = settings
         self.service = service
         self.on_change = on_change
@@ -174,7 +198,7 @@ class Endpoints:
             while True:
                 try:
                     index, entries = await client.health.service(self.service, index=index, wait="30s")
-                except Exception as error:  # noqa: BLE001 - any failure: keep the last set, retry
+                except Exception as error:
                     log.warning("watching %s in Consul failed (%s); retrying", self.service, error)
                     index = None
                     await asyncio.sleep(1)

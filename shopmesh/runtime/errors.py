@@ -89,8 +89,11 @@ class ErrorMapping(ServerInterceptor):
                 code = error.code
                 # The google.rpc.Status in the trailers is what Envoy's transcoder turns into a JSON error body.
                 status = status_pb2.Status(code=error.code.value[0], message=error.message)
-                await context.abort(error.code, error.message,
-                                    trailing_metadata=(("grpc-status-details-bin", status.SerializeToString()),))
+                await context.abort(
+                    error.code,
+                    error.message,
+                    trailing_metadata=(("grpc-status-details-bin", status.SerializeToString()),),
+                )
             except grpc.aio.AbortError:
                 code = context.code() or grpc.StatusCode.UNKNOWN
                 raise

@@ -12,10 +12,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
-from kafka import KafkaProducer
 from kafka.admin import KafkaAdminClient, NewTopic
 from kafka.errors import TopicAlreadyExistsError
 
+from kafka import KafkaProducer
 from shopmesh.runtime.money import BadAmount, format_cents, to_cents
 from shopmesh.runtime.settings import Settings
 
@@ -33,8 +33,12 @@ MAX_CUSTOMER_NAME = 200
 
 def topics(settings: Settings) -> dict[str, int]:
     """The mesh's topics, named by the settings, with their partitions."""
-    return {settings.facturation_topic: 3, settings.total_5s_topic: 1, settings.total_by_customer_topic: 1,
-            settings.dlq_topic: 1}
+    return {
+        settings.facturation_topic: 3,
+        settings.total_5s_topic: 1,
+        settings.total_by_customer_topic: 1,
+        settings.dlq_topic: 1,
+    }
 
 
 @dataclass(frozen=True)
@@ -89,8 +93,10 @@ def parse(raw: bytes, now: datetime | None = None, max_skew: timedelta = timedel
             raise BadInvoice(f"{name} is longer than {limit} characters")
     issued_at = _moment(event["issued_at"])
     if issued_at > (now or datetime.now(UTC)) + max_skew:
-        raise BadInvoice(f"future: issued_at {iso_millis(issued_at)} is more than {max_skew.total_seconds():g} s "
-                         "ahead of the dataflow's clock")
+        raise BadInvoice(
+            f"future: issued_at {iso_millis(issued_at)} is more than {max_skew.total_seconds():g} s "
+            "ahead of the dataflow's clock"
+        )
     return Invoice(event["invoice_id"], event["customer_name"], _cents(event["amount"]), issued_at)
 
 
@@ -130,8 +136,15 @@ def producer(settings: Settings) -> KafkaProducer:
     """An idempotent producer that waits for every in-sync replica and retries until its delivery timeout: no
     invoice is lost on a broker outage shorter than that, and the broker drops the producer's own repeats, so none
     is written twice either. max_block_ms bounds how long send() waits for Kafka's metadata."""
-    return KafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all", enable_idempotence=True,
-                         linger_ms=5, request_timeout_ms=10000, delivery_timeout_ms=600_000, max_block_ms=10000)
+    return KafkaProducer(
+        bootstrap_servers=settings.kafka_bootstrap,
+        acks="all",
+        enable_idempotence=True,
+        linger_ms=5,
+        request_timeout_ms=10000,
+        delivery_timeout_ms=600_000,
+        max_block_ms=10000,
+    )
 
 
 def ensure_topics(settings: Settings) -> list[str]:

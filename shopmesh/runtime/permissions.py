@@ -6,11 +6,32 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from shopmesh.runtime.catalogue import (ADMIN, BILLING_MANAGER, CUSTOMER_MANAGER, MESH_SERVICE, PRODUCT_MANAGER,
-                                        ROLES, SERVICES, USER)
+from shopmesh.runtime.catalogue import (
+    ADMIN,
+    BILLING_MANAGER,
+    CUSTOMER_MANAGER,
+    MESH_SERVICE,
+    PRODUCT_MANAGER,
+    ROLES,
+    SERVICES,
+    USER,
+)
 
-__all__ = ["ADMIN", "BILLING_MANAGER", "CUSTOMER_MANAGER", "INTERNAL_METHODS", "MESH_SERVICE", "OPEN_PREFIXES",
-           "PERMISSIONS", "PRODUCT_MANAGER", "ROLES", "USER", "allowed", "is_open", "rbac_policies"]
+__all__ = [
+    "ADMIN",
+    "BILLING_MANAGER",
+    "CUSTOMER_MANAGER",
+    "INTERNAL_METHODS",
+    "MESH_SERVICE",
+    "OPEN_PREFIXES",
+    "PERMISSIONS",
+    "PRODUCT_MANAGER",
+    "ROLES",
+    "USER",
+    "allowed",
+    "is_open",
+    "rbac_policies",
+]
 
 #: gRPC method path -> the realm roles of which a caller needs one, gathered from the catalogue's services.
 PERMISSIONS: dict[str, frozenset[str]] = {
@@ -38,21 +59,30 @@ def rbac_policies() -> dict:
     realm_access.roles (as jwt_authn puts the payload in the request's metadata) holds the role."""
     policies = {
         role: {
-            "permissions": [{"url_path": {"path": {"exact": method}}}
-                            for method, roles in sorted(PERMISSIONS.items()) if role in roles],
-            "principals": [{"metadata": {
-                "filter": "envoy.filters.http.jwt_authn",
-                "path": [{"key": "payload"}, {"key": "realm_access"}, {"key": "roles"}],
-                "value": {"list_match": {"one_of": {"string_match": {"exact": role}}}},
-            }}],
+            "permissions": [
+                {"url_path": {"path": {"exact": method}}}
+                for method, roles in sorted(PERMISSIONS.items())
+                if role in roles
+            ],
+            "principals": [
+                {
+                    "metadata": {
+                        "filter": "envoy.filters.http.jwt_authn",
+                        "path": [{"key": "payload"}, {"key": "realm_access"}, {"key": "roles"}],
+                        "value": {"list_match": {"one_of": {"string_match": {"exact": role}}}},
+                    }
+                }
+            ],
         }
         for role in (*ROLES, MESH_SERVICE)
     }
     # A path that names no shopmesh method (an unknown REST path), or an internal RPC, is not for RBAC to judge:
     # the gateway routes neither, and answers 404 whoever asks.
     policies["unrouted-paths"] = {
-        "permissions": [{"not_rule": {"url_path": {"path": {"prefix": "/shopmesh."}}}},
-                        *({"url_path": {"path": {"exact": method}}} for method in INTERNAL_METHODS)],
+        "permissions": [
+            {"not_rule": {"url_path": {"path": {"prefix": "/shopmesh."}}}},
+            *({"url_path": {"path": {"exact": method}}} for method in INTERNAL_METHODS),
+        ],
         "principals": [{"any": True}],
     }
     return policies

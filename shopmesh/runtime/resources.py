@@ -53,8 +53,10 @@ def target_id(path_id: str, resource_id: str, field: str) -> str:
     """The id an Update names: the request's own id (the path's, over REST), which the resource's id may only
     repeat; without it, the resource's id."""
     if path_id and resource_id and path_id != resource_id:
-        raise InvalidArgument(f"{field}.id", f"{shown(resource_id)} differs from the id {shown(path_id)} in the path; "
-                                             "the path names what is changed")
+        raise InvalidArgument(
+            f"{field}.id",
+            f"{shown(resource_id)} differs from the id {shown(path_id)} in the path; the path names what is changed",
+        )
     return check_id(path_id or resource_id, "id" if path_id else f"{field}.id")
 
 
@@ -82,16 +84,24 @@ def product_lines(lines, field: str) -> list[tuple[str, int]]:
     for index, line in enumerate(lines):
         check_id(line.product_id, f"{field}[{index}].product_id")
         if not 1 <= line.quantity <= MAX_QUANTITY:
-            raise InvalidArgument(f"{field}[{index}].quantity",
-                                  f"must be from 1 to {MAX_QUANTITY}, got {line.quantity}")
+            raise InvalidArgument(
+                f"{field}[{index}].quantity", f"must be from 1 to {MAX_QUANTITY}, got {line.quantity}"
+            )
         if line.product_id in seen:
             raise InvalidArgument(f"{field}[{index}].product_id", f"repeats {field}[{seen[line.product_id]}]")
         seen[line.product_id] = index
     return [(line.product_id, line.quantity) for line in lines]
 
 
-def page(connection: Connection, query: Select, key: ColumnElement, page_size: int, page_token: str,
-         descending: bool = False, key_type: type = str) -> tuple[list[Row], str]:
+def page(
+    connection: Connection,
+    query: Select,
+    key: ColumnElement,
+    page_size: int,
+    page_token: str,
+    descending: bool = False,
+    key_type: type = str,
+) -> tuple[list[Row], str]:
     """One page of query's rows ordered by key, and the token of the next page ('' on the last)."""
     size = paging.page_size(page_size)
     after = paging.decode_token(page_token, key_type)

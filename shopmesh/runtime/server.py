@@ -103,9 +103,10 @@ async def start(service: Service, settings: Settings, verifier: Verifier | None 
     interceptors = [Authorization(verifier or TokenVerifier(settings))] if service.authenticated else []
     # Envoy forwards the REST path as x-envoy-original-path: a long id in it (refused with INVALID_ARGUMENT by the
     # service) must not first trip gRPC's default 8 KiB metadata limit, which answers RESOURCE_EXHAUSTED at random.
-    server = grpc.aio.server(interceptors=[*interceptors, ErrorMapping()],
-                             options=[("grpc.max_metadata_size", METADATA_LIMIT),
-                                      ("grpc.absolute_max_metadata_size", METADATA_LIMIT)])
+    server = grpc.aio.server(
+        interceptors=[*interceptors, ErrorMapping()],
+        options=[("grpc.max_metadata_size", METADATA_LIMIT), ("grpc.absolute_max_metadata_size", METADATA_LIMIT)],
+    )
     status_checks: list[StatusCheck] = []
     close = await service.attach(server, settings, status_checks)
     health = health_aio.HealthServicer()
@@ -148,8 +149,9 @@ async def serve(service: Service, settings: Settings) -> None:
 
 def main(service: Service) -> None:
     handler = BatchedLogHandler(sys.stdout)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        handlers=[handler])
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", handlers=[handler]
+    )
     try:
         asyncio.run(serve(service, load()))
     finally:

@@ -55,30 +55,42 @@ class Settings(BaseSettings):
     service_ports: dict[str, int] = Field(
         default_factory=lambda: {service.name: service.default_port for service in SERVICES},
         description="Port of the first instance of each gRPC service of the catalogue, by service: "
-                    "SHOPMESH_SERVICE_PORTS__CUSTOMER=50061 moves customer's and keeps the others'.")
+        "SHOPMESH_SERVICE_PORTS__CUSTOMER=50061 moves customer's and keeps the others'.",
+    )
     instance_port: int | None = Field(
         None, description="Port of this service process, overriding its service's port; 0 takes a free port."
     )
     service_processes: int = Field(
-        default_factory=lambda: min(os.cpu_count() or 1, 4), ge=1, le=16,
+        default_factory=lambda: min(os.cpu_count() or 1, 4),
+        ge=1,
+        le=16,
         description="Processes of each gRPC service, each an instance in Consul that Envoy balances over; by "
-                    "default one per CPU core, at most 4. `shopmesh scale` sets one service's count.")
+        "default one per CPU core, at most 4. `shopmesh scale` sets one service's count.",
+    )
     envoy_workers: int = Field(
-        default_factory=lambda: max(1, (os.cpu_count() or 1) // 2), ge=1, le=64,
-        description="Envoy's worker threads; by default half the CPU cores, as the services need the rest.")
+        default_factory=lambda: max(1, (os.cpu_count() or 1) // 2),
+        ge=1,
+        le=64,
+        description="Envoy's worker threads; by default half the CPU cores, as the services need the rest.",
+    )
     database_urls: dict[str, str] = Field(
-        default_factory=dict, description="SQLAlchemy URL of a service's database, by service: "
-        "SHOPMESH_DATABASE_URLS__CUSTOMER=postgresql+psycopg://…; by default SQLite under var/data/.")
+        default_factory=dict,
+        description="SQLAlchemy URL of a service's database, by service: "
+        "SHOPMESH_DATABASE_URLS__CUSTOMER=postgresql+psycopg://…; by default SQLite under var/data/.",
+    )
     billing_stale_bill_seconds: float = Field(
-        30.0, gt=0, description="A bill still unstored after this long has its reserved stock given back.")
+        30.0, gt=0, description="A bill still unstored after this long has its reserved stock given back."
+    )
     outbox_warning_seconds: float = Field(
-        10.0, gt=0, description="Billing's Consul check warns while an invoice event waits longer than this.")
+        10.0, gt=0, description="Billing's Consul check warns while an invoice event waits longer than this."
+    )
     consul_check_interval: str = "2s"
     consul_deregister_after: str = "30s"
 
     facturation_rate: float = Field(1.0, description="Invoice events the producer sends per second.")
     facturation_topic: str = Field(
-        "FACTURATION", description="The invoice events: the producer and billing write them, the dataflows read them.")
+        "FACTURATION", description="The invoice events: the producer and billing write them, the dataflows read them."
+    )
     total_5s_topic: str = "FACTURATION_TOTAL_5S"
     total_by_customer_topic: str = "FACTURATION_TOTAL_BY_CUSTOMER"
     dlq_topic: str = "FACTURATION_DLQ"
@@ -86,7 +98,8 @@ class Settings(BaseSettings):
         5.0, gt=0, description="How long a 5-second window waits for late invoices after it ends, in event time."
     )
     analytics_future_seconds: float = Field(
-        300.0, gt=0, description="An invoice issued further ahead of the dataflow's clock goes to the DLQ as future.")
+        300.0, gt=0, description="An invoice issued further ahead of the dataflow's clock goes to the DLQ as future."
+    )
     analytics_snapshot_seconds: float = Field(
         2.0, gt=0, description="Bytewax snapshot interval: at most this much input is read again after a crash."
     )

@@ -46,8 +46,10 @@ class Upstream:
     async def call(self, method: str, request, timeout: float = 5.0):
         try:
             async for attempt in AsyncRetrying(
-                retry=retry_if_exception(_is_transient), stop=stop_after_attempt(3),
-                wait=wait_exponential(multiplier=0.05, max=0.5), reraise=True,
+                retry=retry_if_exception(_is_transient),
+                stop=stop_after_attempt(3),
+                wait=wait_exponential(multiplier=0.05, max=0.5),
+                reraise=True,
             ):
                 with attempt:
                     address = await self.endpoints.next_address()

@@ -9,9 +9,9 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-import consul
 import psutil
 
+import consul
 from shopmesh.runtime.settings import Settings
 from shopmesh.tooling import codegen
 from shopmesh.tooling.install import Installed
@@ -35,10 +35,10 @@ def port_holder(host: str, port: int) -> str | None:
             pass
     try:
         for connection in psutil.net_connections(kind="inet"):
-            if connection.laddr and connection.laddr.port == port and connection.status == psutil.CONN_LISTEN:
-                if connection.pid:
-                    process = psutil.Process(connection.pid)
-                    return f"pid {connection.pid} ({' '.join(process.cmdline())[:120]})"
+            listening = connection.laddr and connection.laddr.port == port and connection.status == psutil.CONN_LISTEN
+            if listening and connection.pid:
+                process = psutil.Process(connection.pid)
+                return f"pid {connection.pid} ({' '.join(process.cmdline())[:120]})"
     except (psutil.AccessDenied, psutil.NoSuchProcess):
         pass
     return "another process (not visible to this user)"
@@ -53,7 +53,10 @@ def check_ports(settings: Settings, wanted: Sequence[Program]) -> None:
     ]
     if taken:
         raise StackError(
-            "cannot start: ports are taken on " + settings.host + "\n" + "\n".join(taken)
+            "cannot start: ports are taken on "
+            + settings.host
+            + "\n"
+            + "\n".join(taken)
             + "\nStop what holds them, or move shopmesh with SHOPMESH_<NAME>_PORT (see README)."
         )
 

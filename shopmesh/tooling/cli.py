@@ -18,9 +18,9 @@ from keycloak.exceptions import KeycloakError
 from rich.console import Console
 
 from shopmesh.runtime import invoices
+from shopmesh.runtime.settings import Settings, load
 from shopmesh.tooling import bringup, codegen, gateway, health, install, instances, realm, watch
 from shopmesh.tooling.programs import Program, programs
-from shopmesh.runtime.settings import Settings, load
 from shopmesh.tooling.supervise import UMASK, Supervisor
 
 #: Wide enough for the longest part's name, analytics-totals-by-customer.
@@ -86,8 +86,10 @@ def install_command() -> None:
 def codegen_command() -> None:
     """Generate the Python gRPC code (shopmesh/<service>/v1/) and Envoy's descriptor set from protos/."""
     root = codegen.generate()
-    typer.echo(f"generated {', '.join(f'shopmesh/{name}' for name in codegen.generated_packages())} and "
-               f"{codegen.DESCRIPTOR_SET.relative_to(root)} from protos/")
+    typer.echo(
+        f"generated {', '.join(f'shopmesh/{name}' for name in codegen.generated_packages())} and "
+        f"{codegen.DESCRIPTOR_SET.relative_to(root)} from protos/"
+    )
 
 
 @app.command()
@@ -141,9 +143,11 @@ def status() -> None:
         problem = program.probe(settings) if process.get("statename") == "RUNNING" else "not running"
         all_healthy &= problem is None
         verdict = "healthy" if problem is None else f"UNHEALTHY: {problem}"
-        typer.echo(f"{program.name:<{NAME_WIDTH}} {process.get('statename', 'UNKNOWN'):<9}"
-                   f" pid {process.get('pid') or '-':<8}"
-                   f" {verdict:<12} {program.url}")
+        typer.echo(
+            f"{program.name:<{NAME_WIDTH}} {process.get('statename', 'UNKNOWN'):<9}"
+            f" pid {process.get('pid') or '-':<8}"
+            f" {verdict:<12} {program.url}"
+        )
     raise typer.Exit(0 if all_healthy else 1)
 
 
@@ -175,10 +179,16 @@ def grpcurl(context: typer.Context) -> None:
 @app.command()
 def token(
     user: Annotated[str | None, typer.Option("--user", "-u", help="Password grant for this user.")] = None,
-    password: Annotated[str | None, typer.Option(help="Defaults to SHOPMESH_PASSWORD_<USER>, else the dev default.")] = None,
-    refresh: Annotated[str | None, typer.Option("--refresh", help="Refresh-token grant with this refresh token.")] = None,
+    password: Annotated[
+        str | None, typer.Option(help="Defaults to SHOPMESH_PASSWORD_<USER>, else the dev default.")
+    ] = None,
+    refresh: Annotated[
+        str | None, typer.Option("--refresh", help="Refresh-token grant with this refresh token.")
+    ] = None,
     claims: Annotated[bool, typer.Option("--claims", help="Print the access token's claims instead.")] = False,
-    full: Annotated[bool, typer.Option("--json", help="Print the whole token response (with the refresh token).")] = False,
+    full: Annotated[
+        bool, typer.Option("--json", help="Print the whole token response (with the refresh token).")
+    ] = False,
 ) -> None:
     """Print an access token of the shopmesh realm, by password grant (--user) or refresh-token grant (--refresh)."""
     if bool(user) == bool(refresh):
@@ -241,10 +251,12 @@ def envoy_bootstrap(
 
 @app.command("watch")
 def watch_command(
-    windows: Annotated[int, typer.Option("--windows", "-w", min=1,
-                                         help="How many of the latest windows to show.")] = 12,
-    once: Annotated[bool, typer.Option("--once",
-                                       help="Print the tables once and exit, instead of refreshing.")] = False,
+    windows: Annotated[
+        int, typer.Option("--windows", "-w", min=1, help="How many of the latest windows to show.")
+    ] = 12,
+    once: Annotated[
+        bool, typer.Option("--once", help="Print the tables once and exit, instead of refreshing.")
+    ] = False,
 ) -> None:
     """Show the dataflows' output topics live: the latest 5-second windows, and each customer's total."""
     settings = load()

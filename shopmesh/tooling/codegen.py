@@ -54,8 +54,14 @@ def generate(root: Path = PROJECT_ROOT) -> Path:
     (root / "build").mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix="generating-", dir=root / "build"))
     try:
-        _protoc(f"--python_out={staging}", f"--pyi_out={staging}", f"--grpc_python_out={staging}",
-                f"--descriptor_set_out={staging / DESCRIPTOR_SET.name}", "--include_imports", "--include_source_info")
+        _protoc(
+            f"--python_out={staging}",
+            f"--pyi_out={staging}",
+            f"--grpc_python_out={staging}",
+            f"--descriptor_set_out={staging / DESCRIPTOR_SET.name}",
+            "--include_imports",
+            "--include_source_info",
+        )
         for package in (staging / "shopmesh").rglob("*"):
             if package.is_dir():
                 (package / "__init__.py").touch()
@@ -84,8 +90,9 @@ def stale_files(root: Path = PROJECT_ROOT) -> list[str]:
                 continue
             stale.extend(_differences(filecmp.dircmp(fresh / "shopmesh" / name, root / "shopmesh" / name)))
         descriptor_set = DESCRIPTOR_SET.relative_to(PROJECT_ROOT)
-        if not (root / descriptor_set).exists() or not filecmp.cmp(fresh / descriptor_set, root / descriptor_set,
-                                                                   shallow=False):
+        if not (root / descriptor_set).exists() or not filecmp.cmp(
+            fresh / descriptor_set, root / descriptor_set, shallow=False
+        ):
             stale.append(DESCRIPTOR_SET.name)
         return stale
 
@@ -98,8 +105,17 @@ def _differences(comparison: filecmp.dircmp) -> list[str]:
 
 
 def _protoc(*args: str) -> None:
-    if protoc.main(["grpc_tools.protoc", *(f"-I{path}" for path in _include_paths()), *args,
-                    *(str(path.relative_to(PROTOS)) for path in proto_files())]) != 0:
+    if (
+        protoc.main(
+            [
+                "grpc_tools.protoc",
+                *(f"-I{path}" for path in _include_paths()),
+                *args,
+                *(str(path.relative_to(PROTOS)) for path in proto_files()),
+            ]
+        )
+        != 0
+    ):
         raise GenerationError("protoc failed on protos/ (its messages are printed above)")
 
 
@@ -113,19 +129,27 @@ _ERRORS = {
 }
 #: Errors of some operations only, by the last word of their operationId.
 _ERRORS_BY_KIND = {
-    "404": ("The resource named (in the path, or a customer or product of the body) does not exist.",
-            ("Get", "Update", "Delete", "CreateBill")),
-    "409": ("Another resource already has this unique value (a customer's email, whatever its case).",
-            ("CreateCustomer", "UpdateCustomer")),
+    "404": (
+        "The resource named (in the path, or a customer or product of the body) does not exist.",
+        ("Get", "Update", "Delete", "CreateBill"),
+    ),
+    "409": (
+        "Another resource already has this unique value (a customer's email, whatever its case).",
+        ("CreateCustomer", "UpdateCustomer"),
+    ),
     "413": ("The request body is larger than the gateway accepts.", ("Create", "Update")),
 }
 _STATUS_SCHEMA = {
     "type": "object",
     "description": "An error: its gRPC status code and a message naming what is wrong.",
     "properties": {
-        "code": {"type": "integer", "format": "int32", "description": "The gRPC status code (3 invalid argument, "
-                 "5 not found, 6 already exists, 7 permission denied, 9 failed precondition, 14 unavailable, "
-                 "16 unauthenticated)."},
+        "code": {
+            "type": "integer",
+            "format": "int32",
+            "description": "The gRPC status code (3 invalid argument, "
+            "5 not found, 6 already exists, 7 permission denied, 9 failed precondition, 14 unavailable, "
+            "16 unauthenticated).",
+        },
         "message": {"type": "string", "description": "What is wrong, naming the field at fault."},
         "details": {"type": "array", "items": {"type": "object"}, "description": "Further details, if any."},
     },
@@ -154,15 +178,21 @@ def add_error_answers(description: dict) -> dict:
 def render_openapi(plugin: Path) -> str:
     """The OpenAPI description of the REST API, from gnostic's protoc-gen-openapi, with the error answers."""
     # The plugin is written in Go and insists on a Go package per file; these names appear nowhere in its output.
-    go_packages = ",".join(f"M{path.relative_to(PROTOS)}=shopmesh.local/{path.parent.relative_to(PROTOS)}"
-                           for path in proto_files())
+    go_packages = ",".join(
+        f"M{path.relative_to(PROTOS)}=shopmesh.local/{path.parent.relative_to(PROTOS)}" for path in proto_files()
+    )
     with tempfile.TemporaryDirectory() as out:
-        _protoc(f"--plugin=protoc-gen-openapi={plugin}", f"--openapi_out={out}",
-                f"--openapi_opt=title=shopmesh REST API,version=v1,default_response=false,{go_packages}")
+        _protoc(
+            f"--plugin=protoc-gen-openapi={plugin}",
+            f"--openapi_out={out}",
+            f"--openapi_opt=title=shopmesh REST API,version=v1,default_response=false,{go_packages}",
+        )
         generated = yaml.safe_load((Path(out) / "openapi.yaml").read_text())
-    header = ("# Generated from protos/ with gnostic's protoc-gen-openapi and shopmesh/codegen.py "
-              "(the error answers):\n"
-              "# `shopmesh install` writes it; do not edit it by hand.\n")
+    header = (
+        "# Generated from protos/ with gnostic's protoc-gen-openapi and shopmesh/codegen.py "
+        "(the error answers):\n"
+        "# `shopmesh install` writes it; do not edit it by hand.\n"
+    )
     return header + yaml.safe_dump(add_error_answers(generated), sort_keys=False, width=120, allow_unicode=True)
 
 

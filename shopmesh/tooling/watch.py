@@ -5,16 +5,16 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Literal
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from decimal import Decimal
+from typing import Literal
 
-from kafka import KafkaConsumer, TopicPartition
 from rich.console import Group
 from rich.live import Live
 from rich.table import Table
 
+from kafka import KafkaConsumer, TopicPartition
 from shopmesh.runtime.settings import Settings
 
 #: How rich aligns a column.
@@ -47,7 +47,7 @@ class View:
         windows = Table(title=f"5-second windows (latest {self.windows_shown})", title_justify="left")
         for column, justify in (("window start", LEFT), ("end", LEFT), ("invoices", RIGHT), ("total", RIGHT)):
             windows.add_column(column, justify=justify)
-        for start in sorted(self.windows)[-self.windows_shown:]:
+        for start in sorted(self.windows)[-self.windows_shown :]:
             window = self.windows[start]
             windows.add_row(start, window["window_end"], str(window["count"]), window["total"])
         customers = Table(title=f"Customers ({len(self.customers)})", title_justify="left")
@@ -60,10 +60,14 @@ class View:
 
 
 def _consumer(settings: Settings, topics: Iterable[str]) -> KafkaConsumer:
-    consumer = KafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False,
-                             request_timeout_ms=10000)
-    partitions = [TopicPartition(topic, partition) for topic in topics
-                  for partition in sorted(consumer.partitions_for_topic(topic) or ())]
+    consumer = KafkaConsumer(
+        bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False, request_timeout_ms=10000
+    )
+    partitions = [
+        TopicPartition(topic, partition)
+        for topic in topics
+        for partition in sorted(consumer.partitions_for_topic(topic) or ())
+    ]
     consumer.assign(partitions)
     consumer.seek_to_beginning(*partitions)
     return consumer

@@ -17,10 +17,10 @@ from decimal import Decimal
 
 import httpx
 import pytest
-from kafka import KafkaProducer
 
 from dataflows import CONSUL_NAMES
 from dataflows.totals import EPOCH, WINDOW
+from kafka import KafkaProducer
 from shopmesh.runtime import invoices
 from shopmesh.runtime.settings import Settings
 from shopmesh.tooling.dataflow_runs import RunningDataflow, Topics, own_topics, stopped_at_the_end
@@ -64,12 +64,18 @@ def deterministic_invoices() -> list[invoices.Invoice]:
 BAD_MESSAGES = [
     (b"this is not JSON", "not JSON"),
     (b'{"invoice_id": "x", "customer_name": "Imane", "issued_at": "2026-01-01T00:00:01Z"}', "missing field amount"),
-    (b'{"invoice_id": "x", "customer_name": "Imane", "amount": -3.50, "issued_at": "2026-01-01T00:00:01Z"}',
-     "amount is negative"),
-    (b'{"invoice_id": "x", "customer_name": "Imane", "amount": "ten", "issued_at": "2026-01-01T00:00:01Z"}',
-     "amount is not numeric"),
-    (b'{"invoice_id": "x", "customer_name": "Imane", "amount": 1.00, "issued_at": "tomorrow"}',
-     "issued_at is not an ISO 8601 timestamp"),
+    (
+        b'{"invoice_id": "x", "customer_name": "Imane", "amount": -3.50, "issued_at": "2026-01-01T00:00:01Z"}',
+        "amount is negative",
+    ),
+    (
+        b'{"invoice_id": "x", "customer_name": "Imane", "amount": "ten", "issued_at": "2026-01-01T00:00:01Z"}',
+        "amount is not numeric",
+    ),
+    (
+        b'{"invoice_id": "x", "customer_name": "Imane", "amount": 1.00, "issued_at": "tomorrow"}',
+        "issued_at is not an ISO 8601 timestamp",
+    ),
 ]
 
 
@@ -77,8 +83,10 @@ def _send(settings: Settings, topic: str, messages: list[tuple[bytes, bytes]]) -
     """Send (key, value) pairs in order, each acknowledged; return their (partition, offset)."""
     producer = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all")
     try:
-        return [(meta.partition, meta.offset) for meta in
-                (producer.send(topic, key=key, value=value).get(30) for key, value in messages)]
+        return [
+            (meta.partition, meta.offset)
+            for meta in (producer.send(topic, key=key, value=value).get(30) for key, value in messages)
+        ]
     finally:
         producer.close()
 
@@ -126,7 +134,9 @@ def deterministic_run(mesh, tmp_path_factory) -> Iterator[DeterministicRun]:
         sent = dict(zip(messages, _send(mesh, topics.input, messages), strict=True))
         wait_for(lambda: len(_window_totals(mesh, topics)) >= 3, 90, "three closed windows")
         late = _invoice("Imane", 999, BASE + timedelta(seconds=1))
-        sent.update(zip([(late.key(), late.value())], _send(mesh, topics.input, [(late.key(), late.value())])))
+        sent.update(
+            zip([(late.key(), late.value())], _send(mesh, topics.input, [(late.key(), late.value())]), strict=False)
+        )
         yield DeterministicRun(topics, [*made, late], late, sent)
 
 
@@ -144,18 +154,25 @@ def test_5_second_windows_have_exact_totals_and_counts(mesh, deterministic_run):
         }
     assert _window_totals(mesh, topics) == expected
     # By hand: 0.21 + 0.22 + 0.23 + 1000.01 + 2000.01 + 3000.01
-    assert expected["2026-01-01T00:00:05.000Z"] == {"window_start": "2026-01-01T00:00:05.000Z",
-                                                    "window_end": "2026-01-01T00:00:10.000Z",
-                                                    "total": "6000.69", "count": 6}
+    assert expected["2026-01-01T00:00:05.000Z"] == {
+        "window_start": "2026-01-01T00:00:05.000Z",
+        "window_end": "2026-01-01T00:00:10.000Z",
+        "total": "6000.69",
+        "count": 6,
+    }
 
 
 def test_an_invoice_for_a_closed_window_is_dead_lettered_as_late(mesh, deterministic_run):
     topics, late = deterministic_run.topics, deterministic_run.late
     partition, offset = deterministic_run.sent[(late.key(), late.value())]
-    letters = wait_for(lambda: [json.loads(m.value) for m in read_topic(mesh, topics.dlq)
-                                if json.loads(m.value)["error"] == "late"], 60, "the late invoice's dead letter")
-    assert letters == [{"error": "late", "raw": late.value().decode(), "topic": topics.input,
-                        "partition": partition, "offset": offset}]
+    letters = wait_for(
+        lambda: [json.loads(m.value) for m in read_topic(mesh, topics.dlq) if json.loads(m.value)["error"] == "late"],
+        60,
+        "the late invoice's dead letter",
+    )
+    assert letters == [
+        {"error": "late", "raw": late.value().decode(), "topic": topics.input, "partition": partition, "offset": offset}
+    ]
     first = _window_totals(mesh, topics)["2026-01-01T00:00:00.000Z"]
     assert first["count"] == 6  # the window was not opened again for it
 
@@ -163,20 +180,28 @@ def test_an_invoice_for_a_closed_window_is_dead_lettered_as_late(mesh, determini
 def test_per_customer_totals_are_exact_and_a_repeated_invoice_counts_once(mesh, deterministic_run):
     topics = deterministic_run.topics
     expected = _expected_customers(deterministic_run.invoices)
-    latest = wait_for(lambda: (found := _latest_by_key(mesh, topics.by_customer)) and all(
-        found.get(name, {}).get("count") == count for name, (_, count) in expected.items()) and found, 60,
-        "every customer's final count")
+    latest = wait_for(
+        lambda: (
+            (found := _latest_by_key(mesh, topics.by_customer))
+            and all(found.get(name, {}).get("count") == count for name, (_, count) in expected.items())
+            and found
+        ),
+        60,
+        "every customer's final count",
+    )
     assert {name: (record["total"], record["count"]) for name, record in latest.items()} == expected
     assert latest["Yassine"]["updated_at"] == "2026-01-01T00:00:14.999Z"
 
 
 def test_each_kind_of_bad_message_is_dead_lettered_with_its_reason_and_origin(mesh, deterministic_run):
     topics, sent = deterministic_run.topics, deterministic_run.sent
+
     def unreadable() -> list:
         return [m for m in read_topic(mesh, topics.dlq) if json.loads(m.value)["error"] != "late"]
 
-    letters = wait_for(lambda: (found := unreadable()) and len(found) >= len(BAD_MESSAGES) and found, 60,
-                       "the dead letters")
+    letters = wait_for(
+        lambda: (found := unreadable()) and len(found) >= len(BAD_MESSAGES) and found, 60, "the dead letters"
+    )
     time.sleep(2)  # the other dataflow would have reported them by now too
     assert len(unreadable()) == len(BAD_MESSAGES)  # each reported once, by one dataflow
     by_key = {message.key: json.loads(message.value) for message in letters}
@@ -186,7 +211,11 @@ def test_each_kind_of_bad_message_is_dead_lettered_with_its_reason_and_origin(me
         partition, offset = sent[(key, raw)]
         assert reason in letter["error"]
         assert (letter["raw"], letter["topic"], letter["partition"], letter["offset"]) == (
-            raw.decode(), topics.input, partition, offset)
+            raw.decode(),
+            topics.input,
+            partition,
+            offset,
+        )
 
 
 def _committed_epoch(store) -> int:
@@ -202,11 +231,19 @@ def test_a_killed_dataflow_resumes_from_its_snapshot_and_counts_each_invoice_onc
     dataflow = RunningDataflow("totals_by_customer", topics, tmp_path, snapshot_seconds="1").start()
     dataflows.append(dataflow)
     now = datetime.now(UTC)
-    made = [_invoice(CUSTOMERS[number % 3], 1 + number * 37 % 10_000, now + timedelta(milliseconds=number))
-            for number in range(600)]
-    sender = threading.Thread(target=lambda: [
-        (_send(mesh, topics.input, [(invoice.key(), invoice.value()) for invoice in made[start:start + 30]]),
-         time.sleep(0.2)) for start in range(0, len(made), 30)])
+    made = [
+        _invoice(CUSTOMERS[number % 3], 1 + number * 37 % 10_000, now + timedelta(milliseconds=number))
+        for number in range(600)
+    ]
+    sender = threading.Thread(
+        target=lambda: [
+            (
+                _send(mesh, topics.input, [(invoice.key(), invoice.value()) for invoice in made[start : start + 30]]),
+                time.sleep(0.2),
+            )
+            for start in range(0, len(made), 30)
+        ]
+    )
     sender.start()
     wait_for(lambda: len(read_topic(mesh, topics.by_customer)) >= 150, 60, "the dataflow to be well under way")
     store = tmp_path / "recovery" / "totals_by_customer"
@@ -217,8 +254,14 @@ def test_a_killed_dataflow_resumes_from_its_snapshot_and_counts_each_invoice_onc
     dataflow.start()
     sender.join()
     expected = _expected_customers(made)
-    wait_for(lambda: all(_latest_by_key(mesh, topics.by_customer).get(name, {}).get("count") == count
-                         for name, (_, count) in expected.items()), 90, "every customer's final count")
+    wait_for(
+        lambda: all(
+            _latest_by_key(mesh, topics.by_customer).get(name, {}).get("count") == count
+            for name, (_, count) in expected.items()
+        ),
+        90,
+        "every customer's final count",
+    )
     after_restart = [json.loads(message.value) for message in read_topic(mesh, topics.by_customer)[resumed_from:]]
     latest = _latest_by_key(mesh, topics.by_customer)
     assert {name: (record["total"], record["count"]) for name, record in latest.items()} == expected
@@ -229,8 +272,11 @@ def test_a_killed_dataflow_resumes_from_its_snapshot_and_counts_each_invoice_onc
 def test_a_stopped_dataflow_leaves_consul_and_exits_cleanly(mesh, topics, dataflows, tmp_path):
     dataflow = RunningDataflow("totals_5s", topics, tmp_path).start()
     service_id = f"analytics-totals-5s-{mesh.host}-{topics.input}"
-    wait_for(lambda: service_id in httpx.get(f"{mesh.consul_url}/v1/agent/services").json(), 30,
-             "the dataflow's registration")
+    wait_for(
+        lambda: service_id in httpx.get(f"{mesh.consul_url}/v1/agent/services").json(),
+        30,
+        "the dataflow's registration",
+    )
     assert dataflow.stop() == 0, dataflow.log()
     assert service_id not in httpx.get(f"{mesh.consul_url}/v1/agent/services").json()
 
@@ -238,16 +284,21 @@ def test_a_stopped_dataflow_leaves_consul_and_exits_cleanly(mesh, topics, datafl
 def test_the_mesh_runs_both_dataflows_registered_in_consul_with_ttl_checks(mesh):
     for name in CONSUL_NAMES.values():
         entries = httpx.get(f"{mesh.consul_url}/v1/health/service/{name}").json()
-        checks = [(check["Type"], check["Status"]) for entry in entries for check in entry["Checks"]
-                  if check["ServiceName"] and entry["Service"]["ID"].endswith("-facturation")]
+        checks = [
+            (check["Type"], check["Status"])
+            for entry in entries
+            for check in entry["Checks"]
+            if check["ServiceName"] and entry["Service"]["ID"].endswith("-facturation")
+        ]
         assert checks == [("ttl", "passing")], name
 
 
 def test_the_mesh_publishes_live_5_second_totals_of_the_producers_invoices(mesh):
     def recent_window():
         windows = [json.loads(m.value) for m in read_topic(mesh, mesh.total_5s_topic)]
-        recent = [w for w in windows if datetime.fromisoformat(w["window_end"]) > datetime.now(UTC) - timedelta(
-            seconds=20)]
+        recent = [
+            w for w in windows if datetime.fromisoformat(w["window_end"]) > datetime.now(UTC) - timedelta(seconds=20)
+        ]
         return recent and recent[-1]
 
     window = wait_for(recent_window, 30, "a window closed in the last 20 s")
@@ -259,14 +310,22 @@ def test_every_bill_counts_in_its_customers_running_total(mesh, billing, tokens)
     customer = bill["customer"]
     bills, page = [], ""
     while True:  # the session's other tests bill the same customer
-        answer = httpx.get(f"{mesh.gateway_url}/v1/bills", params={"pageSize": 100, "pageToken": page},
-                           headers=tokens.header()).json()
+        answer = httpx.get(
+            f"{mesh.gateway_url}/v1/bills", params={"pageSize": 100, "pageToken": page}, headers=tokens.header()
+        ).json()
         bills += [b for b in answer.get("bills", []) if b["customerId"] == customer["id"]]
         if not (page := answer.get("nextPageToken")):
             break
     expected = (f"{sum(Decimal(b['total']) for b in bills):.2f}", len(bills))
-    record = wait_for(lambda: (found := _latest_by_key(mesh, mesh.total_by_customer_topic).get(customer["name"]))
-                      and found["count"] == len(bills) and found, 60, "the customer's running total")
+    record = wait_for(
+        lambda: (
+            (found := _latest_by_key(mesh, mesh.total_by_customer_topic).get(customer["name"]))
+            and found["count"] == len(bills)
+            and found
+        ),
+        60,
+        "the customer's running total",
+    )
     assert (record["total"], record["count"]) == expected
 
 
@@ -282,10 +341,16 @@ def test_watch_shows_the_latest_windows_and_the_customers_totals(mesh):
 #: Messages that stopped a dataflow before (each made it exit 1, and crash again on restart), and one from the
 #: far future that moved the windows' clock so that every current invoice was late; each with its DLQ reason.
 POISON = [
-    (b'{"invoice_id": "p1", "customer_name": "Imane", "amount": ' + b"9" * 5000 +
-     b', "issued_at": "2026-01-01T00:00:01Z"}', "not JSON"),
-    (b'{"invoice_id": "p2", "customer_name": "Imane", "amount": 1, "issued_at": "9999-12-31T23:00:00-23:59"}',
-     "issued_at is out of range"),
+    (
+        b'{"invoice_id": "p1", "customer_name": "Imane", "amount": '
+        + b"9" * 5000
+        + b', "issued_at": "2026-01-01T00:00:01Z"}',
+        "not JSON",
+    ),
+    (
+        b'{"invoice_id": "p2", "customer_name": "Imane", "amount": 1, "issued_at": "9999-12-31T23:00:00-23:59"}',
+        "issued_at is out of range",
+    ),
     (b'{"invoice_id": "p3", "customer_name": "Imane", "amount": 1, "issued_at": "2999-01-01T00:00:00Z"}', "future"),
     (b"\xff\xfe" + b"x" * 500_000, "not JSON"),
 ]
@@ -302,13 +367,24 @@ def test_poison_messages_go_to_the_dlq_and_the_dataflows_keep_exact_totals(mesh,
     _send(mesh, topics.input, [(invoice.key(), invoice.value()) for invoice in after])
 
     expected = _expected_customers(before + after)
-    wait_for(lambda: {name: (record["total"], record["count"]) for name, record in
-                      _latest_by_key(mesh, topics.by_customer).items()} == expected, 90,
-             "every customer's total over the valid invoices")
+    wait_for(
+        lambda: (
+            {
+                name: (record["total"], record["count"])
+                for name, record in _latest_by_key(mesh, topics.by_customer).items()
+            }
+            == expected
+        ),
+        90,
+        "every customer's total over the valid invoices",
+    )
     # The future invoice did not move the windows' clock: the current invoices are all counted in their windows.
     total = sum(invoice.amount_cents for invoice in before + after)
-    wait_for(lambda: sum(round(Decimal(record["total"]) * 100) for record in
-                         _window_totals(mesh, topics).values()) == total, 90, "the windows to total every invoice")
+    wait_for(
+        lambda: sum(round(Decimal(record["total"]) * 100) for record in _window_totals(mesh, topics).values()) == total,
+        90,
+        "the windows to total every invoice",
+    )
     assert sum(record["count"] for record in _window_totals(mesh, topics).values()) == len(before + after)
     letters = [json.loads(message.value) for message in read_topic(mesh, topics.dlq)]
     for (_, reason), (partition, offset) in zip(POISON, poison, strict=True):
@@ -340,8 +416,10 @@ def test_catching_up_a_backlog_gives_exact_windows_with_the_default_wait(mesh, t
     last_window = max(expected)
 
     def windows() -> dict[str, tuple[int, int]]:
-        return {key: (round(Decimal(record["total"]) * 100), record["count"])
-                for key, record in _window_totals(mesh, topics).items()}
+        return {
+            key: (round(Decimal(record["total"]) * 100), record["count"])
+            for key, record in _window_totals(mesh, topics).items()
+        }
 
     # The last window closes once the watermark passes it: the flow's clock moves on with system time.
     wait_for(lambda: last_window in windows(), 180, "the backlog's last window")

@@ -7,25 +7,30 @@ from __future__ import annotations
 
 import os
 import re
-from unittest import mock
 import shutil
 import subprocess
 from pathlib import Path
+from unittest import mock
 
 import pytest
 import yaml
 
-from shopmesh.tooling import gateway, install
 from shopmesh.runtime.settings import PROJECT_ROOT, Settings, load
+from shopmesh.tooling import gateway, install
 
 COMPOSE_FILE = PROJECT_ROOT / "docker-compose.yml"
 DOCKERFILE = PROJECT_ROOT / "Dockerfile"
 #: The compose services that run the project's image, and the module each runs.
 PYTHON_PROCESSES = {
-    "control-plane": "services.control_plane", "customer-service": "services.customer",
-    "inventory-service": "services.inventory", "billing-service": "services.billing",
-    "facturation-producer": "services.facturation_producer", "analytics-totals-5s": "dataflows",
-    "analytics-totals-by-customer": "dataflows", "provision": None, "envoy-bootstrap": None,
+    "control-plane": "services.control_plane",
+    "customer-service": "services.customer",
+    "inventory-service": "services.inventory",
+    "billing-service": "services.billing",
+    "facturation-producer": "services.facturation_producer",
+    "analytics-totals-5s": "dataflows",
+    "analytics-totals-by-customer": "dataflows",
+    "provision": None,
+    "envoy-bootstrap": None,
 }
 
 
@@ -33,8 +38,14 @@ def _compose(*args: str, file: Path = COMPOSE_FILE) -> subprocess.CompletedProce
     install.ensure_tools({"docker-compose": "docker-compose"})
     # Without the caller's SHOPMESH_* variables, so that the file's own defaults are what is checked.
     env = {key: value for key, value in os.environ.items() if not key.startswith("SHOPMESH_")}
-    return subprocess.run(["docker-compose", "--project-directory", str(PROJECT_ROOT), "-f", str(file), *args],
-                          capture_output=True, text=True, env=env, check=False, timeout=120)
+    return subprocess.run(
+        ["docker-compose", "--project-directory", str(PROJECT_ROOT), "-f", str(file), *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+        timeout=120,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -52,8 +63,9 @@ def test_the_compose_file_is_valid_against_the_compose_specification():
 
 def test_the_validator_does_reject_an_invalid_file(tmp_path):
     broken = tmp_path / "docker-compose.yml"
-    broken.write_text(COMPOSE_FILE.read_text().replace("condition: service_healthy", "condition: when_it_feels_like",
-                                                       1))
+    broken.write_text(
+        COMPOSE_FILE.read_text().replace("condition: service_healthy", "condition: when_it_feels_like", 1)
+    )
     rejected = _compose("config", "--quiet", file=broken)
     assert rejected.returncode != 0 and "when_it_feels_like" in rejected.stderr
 
@@ -85,8 +97,10 @@ def test_every_mounted_file_exists(compose):
 
 
 def test_state_is_kept_in_volumes_across_restarts(compose):
-    volumes = {name: [mount.split(":")[1] for mount in service.get("volumes", []) if not mount.startswith("/")]
-               for name, service in compose["services"].items()}
+    volumes = {
+        name: [mount.split(":")[1] for mount in service.get("volumes", []) if not mount.startswith("/")]
+        for name, service in compose["services"].items()
+    }
     assert "/var/lib/kafka/data" in volumes["kafka"]
     assert "/var/lib/postgresql/data" in volumes["postgres"]
     assert "/var/lib/postgresql/data" in volumes["keycloak-postgres"]  # Keycloak's own state is there
@@ -96,8 +110,12 @@ def test_state_is_kept_in_volumes_across_restarts(compose):
 
 def _settings_of(service: dict) -> Settings:
     environment = service["environment"]
-    unknown = {key for key in environment if key.startswith("SHOPMESH_")
-               and key.removeprefix("SHOPMESH_").split("__")[0].lower() not in Settings.model_fields}
+    unknown = {
+        key
+        for key in environment
+        if key.startswith("SHOPMESH_")
+        and key.removeprefix("SHOPMESH_").split("__")[0].lower() not in Settings.model_fields
+    }
     assert not unknown, f"variables no setting reads: {unknown}"
     # The image's own variables (Dockerfile ENV), then the service's, read as the process reads them.
     image_env = dict(re.findall(r"^\s+(SHOPMESH_\w+)=(\S+)", DOCKERFILE.read_text(), re.MULTILINE))
@@ -107,8 +125,9 @@ def _settings_of(service: dict) -> Settings:
 
 def _contract_settings() -> Settings:
     """The settings' defaults (the contract's ports), without the suite's own mesh's variables."""
-    with mock.patch.dict(os.environ, {k: v for k, v in os.environ.items() if not k.startswith("SHOPMESH_")},
-                         clear=True):
+    with mock.patch.dict(
+        os.environ, {k: v for k, v in os.environ.items() if not k.startswith("SHOPMESH_")}, clear=True
+    ):
         return Settings()
 
 
@@ -120,7 +139,11 @@ def test_every_python_process_is_configured_for_containers_through_the_environme
             assert service["command"][:3] == ["python", "-m", module], name
         settings = _settings_of(service)
         assert (settings.host, settings.consul_url, settings.kafka_bootstrap, settings.keycloak_url) == (
-            "0.0.0.0", "http://consul:8500", "kafka:9092", "http://keycloak:8180"), name
+            "0.0.0.0",
+            "http://consul:8500",
+            "kafka:9092",
+            "http://keycloak:8180",
+        ), name
         # Tokens are issued for the address users reach Keycloak at, as natively.
         assert settings.keycloak_issuer == "http://localhost:8180/realms/shopmesh"
         for service_name in ("customer", "inventory", "billing"):
@@ -134,8 +157,11 @@ def test_every_setting_is_either_set_or_defaulted():
 
 def test_only_the_gateway_consul_ui_and_keycloak_are_published_on_loopback(compose):
     # docker-compose writes them in the short syntax, host_ip:published:target/protocol.
-    published = {(name, *(int(part) if part.isdigit() else part for part in port.removesuffix("/tcp").split(":")))
-                 for name, service in compose["services"].items() for port in service.get("ports", [])}
+    published = {
+        (name, *(int(part) if part.isdigit() else part for part in port.removesuffix("/tcp").split(":")))
+        for name, service in compose["services"].items()
+        for port in service.get("ports", [])
+    }
     defaults = _contract_settings()
     assert published == {
         ("envoy", "127.0.0.1", defaults.gateway_port, defaults.gateway_port),
@@ -156,17 +182,26 @@ def _waits_for(compose: dict, name: str) -> dict[str, str]:
 
 
 def test_the_start_order_is_that_of_make_run(compose):
-    assert {key: _waits_for(compose, "billing-service")[key] for key in ("customer-service", "inventory-service")} \
-        == {"customer-service": "service_healthy", "inventory-service": "service_healthy"}
-    assert _waits_for(compose, "envoy") == {"envoy-bootstrap": "service_completed_successfully",
-                                            "control-plane": "service_healthy", "keycloak": "service_healthy"}
+    assert {key: _waits_for(compose, "billing-service")[key] for key in ("customer-service", "inventory-service")} == {
+        "customer-service": "service_healthy",
+        "inventory-service": "service_healthy",
+    }
+    assert _waits_for(compose, "envoy") == {
+        "envoy-bootstrap": "service_completed_successfully",
+        "control-plane": "service_healthy",
+        "keycloak": "service_healthy",
+    }
     assert _waits_for(compose, "control-plane") == {"consul": "service_healthy"}
     assert _waits_for(compose, "provision") == {"kafka": "service_healthy", "keycloak": "service_healthy"}
     for name in ("customer-service", "inventory-service", "facturation-producer", "analytics-totals-5s"):
         assert _waits_for(compose, name)["provision"] == "service_completed_successfully", name
     # Whatever a service waits to be healthy has a health check to be healthy by.
-    awaited = {dependency for name in compose["services"] for dependency, condition in
-               _waits_for(compose, name).items() if condition == "service_healthy"}
+    awaited = {
+        dependency
+        for name in compose["services"]
+        for dependency, condition in _waits_for(compose, name).items()
+        if condition == "service_healthy"
+    }
     assert awaited and all("healthcheck" in compose["services"][name] for name in awaited), awaited
 
 
@@ -177,15 +212,21 @@ def test_the_bootstrap_rendered_for_containers_is_valid_for_the_real_envoy(compo
     assert "address: keycloak, port_value: 8180" in text and "address: control-plane, port_value: 18000" in text
     assert "address: 127.0.0.1, port_value: 9901" in text  # the admin interface stays on loopback
     envoy = install.ensure(install.COMPONENTS["envoy"], settings.cache_dir) / "bin" / "envoy"
-    checked = subprocess.run([str(envoy), "--mode", "validate", "-c", str(bootstrap)], capture_output=True, text=True,
-                             check=False, timeout=60)
+    checked = subprocess.run(
+        [str(envoy), "--mode", "validate", "-c", str(bootstrap)],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
     assert checked.returncode == 0, checked.stdout[-3000:] + checked.stderr[-3000:]
 
 
 def _lint(dockerfile: Path) -> subprocess.CompletedProcess:
     linter = install.ensure(install.DOCKERFILE_LINTER, load().cache_dir) / "node_modules" / ".bin" / "dockerfile-utils"
-    return subprocess.run([str(linter), "lint", str(dockerfile)], capture_output=True, text=True, check=False,
-                          timeout=60)
+    return subprocess.run(
+        [str(linter), "lint", str(dockerfile)], capture_output=True, text=True, check=False, timeout=60
+    )
 
 
 def test_the_dockerfile_passes_the_linter(tmp_path):

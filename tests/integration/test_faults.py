@@ -19,9 +19,9 @@ import httpx
 import pytest
 from kafka.errors import KafkaError
 
-from shopmesh.tooling import health, instances
 from shopmesh.billing.v1 import billing_service_pb2 as billing
 from shopmesh.billing.v1 import billing_service_pb2_grpc as billing_grpc
+from shopmesh.tooling import health, instances
 from shopmesh.tooling.supervise import Supervisor
 from tests.auth import Bearer, authorized_channel
 from tests.conftest import shopmesh, wait_for
@@ -38,10 +38,12 @@ def admin(mesh, tokens):
 @pytest.fixture
 def stock(admin):
     """A fresh customer and a product with 1,000 units, and a way to tell stock taken from billed quantities."""
-    customer = admin.post("/v1/customers", json={"name": "Fault Tester",
-                                                 "email": f"{uuid.uuid4().hex[:12]}@example.com"}).json()
-    product = admin.post("/v1/products", json={"name": f"fault {uuid.uuid4().hex[:6]}", "price": "1.25",
-                                               "quantity": 1000}).json()
+    customer = admin.post(
+        "/v1/customers", json={"name": "Fault Tester", "email": f"{uuid.uuid4().hex[:12]}@example.com"}
+    ).json()
+    product = admin.post(
+        "/v1/products", json={"name": f"fault {uuid.uuid4().hex[:6]}", "price": "1.25", "quantity": 1000}
+    ).json()
 
     class Stock:
         def taken(self) -> int:
@@ -50,8 +52,9 @@ def stock(admin):
         def billed(self) -> int:
             bills, token = [], ""
             while True:
-                page = admin.get("/v1/bills", params={"customerId": customer["id"], "pageSize": 1000,
-                                                      "pageToken": token}).json()
+                page = admin.get(
+                    "/v1/bills", params={"customerId": customer["id"], "pageSize": 1000, "pageToken": token}
+                ).json()
                 bills += page["bills"]
                 if not (token := page["nextPageToken"]):
                     return sum(item["quantity"] for bill in bills for item in bill["items"])
@@ -69,8 +72,10 @@ def _pid(mesh, program: str) -> int:
 
 
 def _bill(client: httpx.Client, stock) -> str:
-    answer = client.post("/v1/bills", json={"customerId": stock.customer["id"],
-                                            "items": [{"productId": stock.product["id"], "quantity": 1}]})
+    answer = client.post(
+        "/v1/bills",
+        json={"customerId": stock.customer["id"], "items": [{"productId": stock.product["id"], "quantity": 1}]},
+    )
     assert answer.status_code == 200, answer.text
     return answer.json()["id"]
 
@@ -99,8 +104,9 @@ def _outbox_warning(mesh, until: float) -> str:
     """shopmesh status's line for billing once its outbox check warns, or '' if it did not before until."""
     while time.monotonic() < until:
         if _outbox_check(mesh)["Status"] == "warning":
-            return next((line for line in shopmesh("status").stdout.splitlines()
-                         if line.startswith("billing-service")), "")
+            return next(
+                (line for line in shopmesh("status").stdout.splitlines() if line.startswith("billing-service")), ""
+            )
         time.sleep(0.5)
     return ""
 
@@ -142,8 +148,11 @@ def _gateway_hosts(mesh, cluster: str) -> int | None:
         clusters = httpx.get(f"{mesh.envoy_admin_url}/clusters", params={"format": "json"}, timeout=2).json()
     except httpx.HTTPError:
         return None
-    return sum(len(status.get("host_statuses", [])) for status in clusters.get("cluster_statuses", [])
-               if status["name"] == cluster)
+    return sum(
+        len(status.get("host_statuses", []))
+        for status in clusters.get("cluster_statuses", [])
+        if status["name"] == cluster
+    )
 
 
 def test_consul_restarted_under_reads_and_bills_fails_no_request(mesh, tokens, stock):
@@ -155,9 +164,15 @@ def test_consul_restarted_under_reads_and_bills_fails_no_request(mesh, tokens, s
     def make_bills() -> None:
         with httpx.Client(base_url=mesh.gateway_url, timeout=30, auth=Bearer(tokens, "billing-manager")) as client:
             while not stop.is_set():
-                bills.append(client.post("/v1/bills", json={
-                    "customerId": stock.customer["id"],
-                    "items": [{"productId": stock.product["id"], "quantity": 1}]}).status_code)
+                bills.append(
+                    client.post(
+                        "/v1/bills",
+                        json={
+                            "customerId": stock.customer["id"],
+                            "items": [{"productId": stock.product["id"], "quantity": 1}],
+                        },
+                    ).status_code
+                )
                 time.sleep(0.2)
 
     def watch_envoy() -> None:
@@ -191,8 +206,10 @@ def test_consul_restarted_under_reads_and_bills_fails_no_request(mesh, tokens, s
 def test_a_storm_of_createbill_calls_that_give_up_leaks_no_stock(mesh, tokens, stock):
     channel = authorized_channel(f"{mesh.host}:{mesh.service_ports['billing']}", tokens, "billing-manager")
     stub = billing_grpc.BillingServiceStub(channel)
-    request = billing.CreateBillRequest(customer_id=stock.customer["id"], items=[
-        billing.CreateBillRequest.Item(product_id=stock.product["id"], quantity=1)])
+    request = billing.CreateBillRequest(
+        customer_id=stock.customer["id"],
+        items=[billing.CreateBillRequest.Item(product_id=stock.product["id"], quantity=1)],
+    )
     deadlines = random.Random(11)
     outcomes: Counter = Counter()
 
@@ -215,8 +232,10 @@ def test_a_storm_of_createbill_calls_that_give_up_leaks_no_stock(mesh, tokens, s
 def test_billing_killed_while_making_bills_leaks_no_stock(mesh, tokens, stock):
     channel = authorized_channel(f"{mesh.host}:{mesh.service_ports['billing']}", tokens, "billing-manager")
     stub = billing_grpc.BillingServiceStub(channel)
-    request = billing.CreateBillRequest(customer_id=stock.customer["id"], items=[
-        billing.CreateBillRequest.Item(product_id=stock.product["id"], quantity=1)])
+    request = billing.CreateBillRequest(
+        customer_id=stock.customer["id"],
+        items=[billing.CreateBillRequest.Item(product_id=stock.product["id"], quantity=1)],
+    )
     stop = threading.Event()
 
     def make_bills() -> None:
@@ -234,8 +253,11 @@ def test_billing_killed_while_making_bills_leaks_no_stock(mesh, tokens, stock):
         time.sleep(1)
         stop.set()
     channel.close()
-    wait_for(lambda: health.service_instance(mesh, "billing-service", mesh.service_ports["billing"]) is None, 60,
-             "billing to be back")
+    wait_for(
+        lambda: health.service_instance(mesh, "billing-service", mesh.service_ports["billing"]) is None,
+        60,
+        "billing to be back",
+    )
     # A bill left unstored by the kill is given back once stale (billing_stale_bill_seconds, 30 s by default).
     wait_for(stock.reconciled, mesh.billing_stale_bill_seconds + 60, "the stock of unstored bills to be given back")
     assert stock.billed() > 0
@@ -248,17 +270,26 @@ def _outbox_publisher(mesh) -> tuple[str, str]:
         row = db.execute("SELECT holder FROM relay_lease WHERE name = 'outbox'").fetchone()
     if row is None:
         return "", ""
-    return row[0], next((program for program in instances.instance_programs(mesh, "billing")
-                         if f"({row[0]}) now publishes the outbox" in (mesh.log_dir / f"{program}.log").read_text()),
-                        "")
+    return row[0], next(
+        (
+            program
+            for program in instances.instance_programs(mesh, "billing")
+            if f"({row[0]}) now publishes the outbox" in (mesh.log_dir / f"{program}.log").read_text()
+        ),
+        "",
+    )
 
 
-def test_bills_made_on_every_billing_instance_are_published_once_even_when_the_publisher_is_killed(mesh, tokens,
-                                                                                                  stock):
+def test_bills_made_on_every_billing_instance_are_published_once_even_when_the_publisher_is_killed(mesh, tokens, stock):
     # The faults before this one restart Consul: its checks must have run again before bills are made.
-    wait_for(lambda: all(check["Status"] == "passing" for check in
-                         httpx.get(f"{mesh.consul_url}/v1/agent/checks", timeout=5).json().values()), 120,
-             "every check in Consul to pass again")
+    wait_for(
+        lambda: all(
+            check["Status"] == "passing"
+            for check in httpx.get(f"{mesh.consul_url}/v1/agent/checks", timeout=5).json().values()
+        ),
+        120,
+        "every check in Consul to pass again",
+    )
     scaled = len(instances.instance_programs(mesh, "billing")) < 2
     if scaled:  # a one-core machine runs one process per service: this test wants two
         assert shopmesh("scale", "billing-service", "2").returncode == 0
@@ -267,8 +298,14 @@ def test_bills_made_on_every_billing_instance_are_published_once_even_when_the_p
         served = {program: (mesh.log_dir / f"{program}.log").read_text().count("CreateBill OK") for program in programs}
         with httpx.Client(base_url=mesh.gateway_url, timeout=30, auth=Bearer(tokens, "billing-manager")) as client:
             bill_ids = [_bill(client, stock) for _ in range(20)]
-            wait_for(lambda: all((mesh.log_dir / f"{program}.log").read_text().count("CreateBill OK") > served[program]
-                                 for program in programs), 10, "bills made on every billing instance")
+            wait_for(
+                lambda: all(
+                    (mesh.log_dir / f"{program}.log").read_text().count("CreateBill OK") > served[program]
+                    for program in programs
+                ),
+                10,
+                "bills made on every billing instance",
+            )
             _published_once(mesh, bill_ids)  # not once by each instance's relay
             wait_for(lambda: all(_outbox_publisher(mesh)), 30, "a relay to hold the outbox lease")
             holder, program = _outbox_publisher(mesh)

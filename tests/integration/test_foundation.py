@@ -13,9 +13,9 @@ import uuid
 import httpx
 import psutil
 import pytest
-from kafka import KafkaConsumer, KafkaProducer
 from kafka.admin import KafkaAdminClient, NewTopic
 
+from kafka import KafkaConsumer, KafkaProducer
 from shopmesh.runtime import catalogue
 from shopmesh.tooling import install, instances
 from shopmesh.tooling.supervise import Supervisor
@@ -111,8 +111,16 @@ def test_status_reports_every_part_healthy(mesh):
     services = [program for name in catalogue.names() for program in instances.instance_programs(mesh, name)]
     assert len(services) >= 3
     assert [line.split()[0] for line in lines] == [
-        "consul", "kafka", "keycloak", "mesh-control-plane", "envoy", *services,
-        "facturation-producer", "analytics-totals-5s", "analytics-totals-by-customer"]
+        "consul",
+        "kafka",
+        "keycloak",
+        "mesh-control-plane",
+        "envoy",
+        *services,
+        "facturation-producer",
+        "analytics-totals-5s",
+        "analytics-totals-by-customer",
+    ]
     assert all(" healthy " in line for line in lines), status.stdout
 
 
@@ -142,8 +150,18 @@ def _free_port() -> int:
 
 
 def _isolated_env(tmp_path, **overrides: str) -> dict[str, str]:
-    ports = ["consul_http", "consul_dns", "consul_server", "consul_serf_lan", "kafka", "kafka_controller",
-             "keycloak", "gateway", "envoy_admin", "control_plane"]
+    ports = [
+        "consul_http",
+        "consul_dns",
+        "consul_server",
+        "consul_serf_lan",
+        "kafka",
+        "kafka_controller",
+        "keycloak",
+        "gateway",
+        "envoy_admin",
+        "control_plane",
+    ]
     env = {**os.environ, "SHOPMESH_VAR_DIR": str(tmp_path / "var")}
     env.update({f"SHOPMESH_{name.upper()}_PORT": str(_free_port()) for name in ports})
     env.update({f"SHOPMESH_SERVICE_PORTS__{name.upper()}": str(_free_port()) for name in catalogue.names()})
@@ -170,7 +188,8 @@ def test_a_part_that_never_becomes_healthy_shows_its_log_and_the_others_are_stop
     assert "kafka failed to start" in attempt.stderr
     assert "Invalid initial heap size" in attempt.stderr  # the JVM's own words, from kafka.log
     leftovers = [
-        process.pid for process in psutil.process_iter(["cmdline"])
+        process.pid
+        for process in psutil.process_iter(["cmdline"])
         if any(str(tmp_path) in part for part in (process.info["cmdline"] or []))
     ]
     assert leftovers == []
@@ -180,7 +199,6 @@ def test_down_of_a_mesh_that_is_not_running_says_so(tmp_path):
     result = shopmesh("down", env={**os.environ, "SHOPMESH_VAR_DIR": str(tmp_path / "var")})
     assert result.returncode == 0
     assert "nothing is running" in result.stderr
-
 
 
 def test_run_brings_everything_up_and_ctrl_c_leaves_no_process_behind(mesh, tmp_path):
@@ -196,8 +214,14 @@ def test_run_brings_everything_up_and_ctrl_c_leaves_no_process_behind(mesh, tmp_
         assert any(line.strip().startswith("envoy") and "http://" in line for line in lines), "".join(lines)
         # The command it suggests works as printed: products, not a 401.
         [suggested] = [line.split("Try: ", 1)[1].strip() for line in lines if "Try: " in line]
-        tried = subprocess.run(["bash", "-c", f"{suggested} -w '\\n%{{http_code}}'"], env=env, capture_output=True,
-                               text=True, timeout=60, check=False)
+        tried = subprocess.run(
+            ["bash", "-c", f"{suggested} -w '\\n%{{http_code}}'"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
         body, _, status = tried.stdout.rpartition("\n")
         assert status == "200" and "products" in json.loads(body), tried.stdout + tried.stderr
         run.send_signal(signal.SIGINT)
@@ -208,7 +232,8 @@ def test_run_brings_everything_up_and_ctrl_c_leaves_no_process_behind(mesh, tmp_
     assert run.returncode == 0, "".join(lines) + rest
     assert "stopped" in rest
     leftovers = [
-        process.info["cmdline"] for process in psutil.process_iter(["cmdline"])
+        process.info["cmdline"]
+        for process in psutil.process_iter(["cmdline"])
         if any(str(tmp_path) in part for part in (process.info["cmdline"] or []))
     ]
     assert leftovers == []

@@ -15,7 +15,6 @@ from tests.conftest import email
 MEGABYTE = 1024 * 1024
 
 
-
 def _refused(answer: httpx.Response, field: str, status: int = 400) -> str:
     assert answer.status_code == status, answer.text[:500]
     assert answer.headers["content-type"].startswith("application/json")
@@ -37,14 +36,16 @@ def test_a_bills_page_token_with_a_bad_row_number_is_400(rest, key):
 
 @pytest.mark.parametrize("size", [70 * 1024, MEGABYTE // 2])
 def test_a_huge_email_is_400_and_not_echoed(rest, size):
-    message = _refused(rest.post("/v1/customers", json={"name": "Big", "email": "a" * size + "@example.com"}),
-                       "customer.email")
+    message = _refused(
+        rest.post("/v1/customers", json={"name": "Big", "email": "a" * size + "@example.com"}), "customer.email"
+    )
     assert "at most 254 characters" in message
 
 
 def test_a_huge_product_name_is_refused_and_the_list_keeps_working(rest):
-    _refused(rest.post("/v1/products", json={"name": "n" * (MEGABYTE // 2), "price": "1.00", "quantity": 1}),
-             "product.name")
+    _refused(
+        rest.post("/v1/products", json={"name": "n" * (MEGABYTE // 2), "price": "1.00", "quantity": 1}), "product.name"
+    )
     _refused(rest.post("/v1/products", json={"name": "n" * 201, "price": "1.00", "quantity": 1}), "product.name")
     assert rest.post("/v1/products", json={"name": "n" * 200, "price": "1.00", "quantity": 1}).status_code == 200
     assert rest.get("/v1/products", params={"pageSize": 1000}).status_code == 200
@@ -58,18 +59,19 @@ def test_emails_are_unique_whatever_their_case(rest):
     local = uuid.uuid4().hex[:10]
     first = rest.post("/v1/customers", json={"name": "Mixed", "email": f"Mixed.{local}@Example.com"})
     assert first.status_code == 200, first.text
-    _refused(rest.post("/v1/customers", json={"name": "Lower", "email": f"mixed.{local}@example.com"}),
-             "customer.email", 409)
+    _refused(
+        rest.post("/v1/customers", json={"name": "Lower", "email": f"mixed.{local}@example.com"}), "customer.email", 409
+    )
     other = rest.post("/v1/customers", json={"name": "Other", "email": email()}).json()
-    _refused(rest.patch(f"/v1/customers/{other['id']}", json={"email": f"MIXED.{local}@EXAMPLE.COM"}),
-             "customer.email", 409)
+    _refused(
+        rest.patch(f"/v1/customers/{other['id']}", json={"email": f"MIXED.{local}@EXAMPLE.COM"}), "customer.email", 409
+    )
 
 
 def test_a_patch_whose_body_names_another_id_is_400_and_changes_nothing(rest):
     target = rest.post("/v1/customers", json={"name": "Target", "email": email()}).json()
     other = rest.post("/v1/customers", json={"name": "Other", "email": email()}).json()
-    _refused(rest.patch(f"/v1/customers/{target['id']}", json={"id": other["id"], "name": "Renamed"}),
-             "customer.id")
+    _refused(rest.patch(f"/v1/customers/{target['id']}", json={"id": other["id"], "name": "Renamed"}), "customer.id")
     assert rest.get(f"/v1/customers/{other['id']}").json()["name"] == "Other"
     assert rest.get(f"/v1/customers/{target['id']}").json()["name"] == "Target"
     product = rest.post("/v1/products", json={"name": "Kept", "price": "1.00", "quantity": 1}).json()
@@ -81,11 +83,20 @@ def test_a_patch_whose_body_names_another_id_is_400_and_changes_nothing(rest):
 
 def test_a_bill_whose_total_would_overflow_is_400_and_takes_no_stock(rest, tokens, mesh):
     customer = rest.post("/v1/customers", json={"name": "Rich", "email": email()}).json()
-    product = rest.post("/v1/products", json={"name": "Gold", "price": "99999999999.99",
-                                              "quantity": 1_000_000}).json()
+    product = rest.post("/v1/products", json={"name": "Gold", "price": "99999999999.99", "quantity": 1_000_000}).json()
     with httpx.Client(base_url=mesh.gateway_url, timeout=30, auth=Bearer(tokens, "billing-manager")) as billing:
-        _refused(billing.post("/v1/bills", json={"customerId": customer["id"], "items": [
-            {"productId": product["id"], "quantity": 1_000_000}]}), "items")
-        _refused(billing.post("/v1/bills", json={"customerId": customer["id"], "items": [
-            {"productId": product["id"], "quantity": 1_000_001}]}), "items[0].quantity")
+        _refused(
+            billing.post(
+                "/v1/bills",
+                json={"customerId": customer["id"], "items": [{"productId": product["id"], "quantity": 1_000_000}]},
+            ),
+            "items",
+        )
+        _refused(
+            billing.post(
+                "/v1/bills",
+                json={"customerId": customer["id"], "items": [{"productId": product["id"], "quantity": 1_000_001}]},
+            ),
+            "items[0].quantity",
+        )
     assert rest.get(f"/v1/products/{product['id']}").json()["quantity"] == 1_000_000

@@ -11,12 +11,12 @@ import uuid
 import grpc
 import httpx
 import pytest
-from keycloak import KeycloakOpenID
 
-from shopmesh.tooling import realm
-from shopmesh.runtime.auth import LEEWAY
+from keycloak import KeycloakOpenID
 from shopmesh.inventory.v1 import inventory_service_pb2 as inventory
 from shopmesh.inventory.v1 import inventory_service_pb2_grpc as inventory_grpc
+from shopmesh.runtime.auth import LEEWAY
+from shopmesh.tooling import realm
 from tests.auth import SERVICE_ACCOUNT, Bearer
 from tests.conftest import shopmesh
 
@@ -25,13 +25,18 @@ USERS = ("user1", "customer-manager", "product-manager", "billing-manager", "mes
 # The contract's table, written out here on its own so that the code's table is checked against it.
 EVERYONE = set(USERS)
 CONTRACT = {
-    "list customers": EVERYONE, "get customer": EVERYONE,
-    "create customer": {"customer-manager", "mesh-admin"}, "update customer": {"customer-manager", "mesh-admin"},
+    "list customers": EVERYONE,
+    "get customer": EVERYONE,
+    "create customer": {"customer-manager", "mesh-admin"},
+    "update customer": {"customer-manager", "mesh-admin"},
     "delete customer": {"customer-manager", "mesh-admin"},
-    "list products": EVERYONE, "get product": EVERYONE,
-    "create product": {"product-manager", "mesh-admin"}, "update product": {"product-manager", "mesh-admin"},
+    "list products": EVERYONE,
+    "get product": EVERYONE,
+    "create product": {"product-manager", "mesh-admin"},
+    "update product": {"product-manager", "mesh-admin"},
     "delete product": {"product-manager", "mesh-admin"},
-    "list bills": {"billing-manager", "mesh-admin"}, "get bill": {"billing-manager", "mesh-admin"},
+    "list bills": {"billing-manager", "mesh-admin"},
+    "get bill": {"billing-manager", "mesh-admin"},
     "create bill": {"billing-manager", "mesh-admin"},
 }
 
@@ -45,11 +50,14 @@ def admin_rest(mesh, tokens):
 @pytest.fixture(scope="module")
 def world(admin_rest):
     """A customer, a well-stocked product and a bill, made by the admin, for the operations to act on."""
-    customer = admin_rest.post("/v1/customers", json={"name": "Matrix", "email": f"{uuid.uuid4().hex[:10]}@example.com"})
+    customer = admin_rest.post(
+        "/v1/customers", json={"name": "Matrix", "email": f"{uuid.uuid4().hex[:10]}@example.com"}
+    )
     product = admin_rest.post("/v1/products", json={"name": "Matrix item", "price": "1.00", "quantity": 1000})
     customer, product = customer.json(), product.json()
-    bill = admin_rest.post("/v1/bills", json={"customerId": customer["id"],
-                                              "items": [{"productId": product["id"], "quantity": 1}]}).json()
+    bill = admin_rest.post(
+        "/v1/bills", json={"customerId": customer["id"], "items": [{"productId": product["id"], "quantity": 1}]}
+    ).json()
     return {"customer": customer, "product": product, "bill": bill}
 
 
@@ -57,8 +65,9 @@ def _operation(name: str, world: dict, admin_rest: httpx.Client) -> tuple[str, s
     """Method, path and body of an operation; deletes get a fresh resource of their own."""
     customer, product = world["customer"]["id"], world["product"]["id"]
     if name == "delete customer":
-        customer = admin_rest.post("/v1/customers", json={
-            "name": "Doomed", "email": f"{uuid.uuid4().hex[:10]}@example.com"}).json()["id"]
+        customer = admin_rest.post(
+            "/v1/customers", json={"name": "Doomed", "email": f"{uuid.uuid4().hex[:10]}@example.com"}
+        ).json()["id"]
     if name == "delete product":
         product = admin_rest.post("/v1/products", json={"name": "Doomed", "price": "1.00"}).json()["id"]
     return {
@@ -74,7 +83,11 @@ def _operation(name: str, world: dict, admin_rest: httpx.Client) -> tuple[str, s
         "delete product": ("DELETE", f"/v1/products/{product}", None),
         "list bills": ("GET", "/v1/bills", None),
         "get bill": ("GET", f"/v1/bills/{world['bill']['id']}", None),
-        "create bill": ("POST", "/v1/bills", {"customerId": customer, "items": [{"productId": product, "quantity": 1}]}),
+        "create bill": (
+            "POST",
+            "/v1/bills",
+            {"customerId": customer, "items": [{"productId": product, "quantity": 1}]},
+        ),
     }[name]
 
 
@@ -105,29 +118,68 @@ def _grpcurl(mesh, token: str | None, port: int, method: str, body: dict) -> tup
     return done.returncode, done.stdout + done.stderr
 
 
-@pytest.mark.parametrize("user, service, method, body, expected", [
-    ("user1", "customer", "shopmesh.customer.v1.CustomerService/ListCustomers", {}, "OK"),
-    ("user1", "customer", "shopmesh.customer.v1.CustomerService/CreateCustomer",
-     {"customer": {"name": "x", "email": "x@example.com"}}, "PermissionDenied"),
-    ("customer-manager", "customer", "shopmesh.customer.v1.CustomerService/CreateCustomer",
-     {"customer": {"name": "Direct", "email": "EMAIL"}}, "OK"),
-    ("product-manager", "billing", "shopmesh.billing.v1.BillingService/ListBills", {}, "PermissionDenied"),
-    ("billing-manager", "billing", "shopmesh.billing.v1.BillingService/ListBills", {}, "OK"),
-    ("customer-manager", "inventory", "shopmesh.inventory.v1.InventoryService/ReserveStock",
-     {"reservation_id": "r", "lines": [{"product_id": "p", "quantity": 1}]}, "PermissionDenied"),
-    # The internal RPCs are the services' own: a person with every business role may not call them.
-    ("billing-manager", "inventory", "shopmesh.inventory.v1.InventoryService/ReleaseStock",
-     {"reservation_id": "r"}, "PermissionDenied"),
-    ("billing-manager", "inventory", "shopmesh.inventory.v1.InventoryService/ReserveStock",
-     {"reservation_id": "r", "lines": [{"product_id": "p", "quantity": 1}]}, "PermissionDenied"),
-    ("mesh-admin", "inventory", "shopmesh.inventory.v1.InventoryService/ReleaseStock",
-     {"reservation_id": "r"}, "PermissionDenied"),
-    (SERVICE_ACCOUNT, "inventory", "shopmesh.inventory.v1.InventoryService/ReleaseStock",
-     {"reservation_id": "RANDOM"}, "OK"),
-    (None, "inventory", "shopmesh.inventory.v1.InventoryService/ListProducts", {}, "Unauthenticated"),
-])
-def test_a_sample_of_the_table_straight_to_the_services_with_grpcurl(mesh, tokens, user, service, method, body,
-                                                                     expected):
+@pytest.mark.parametrize(
+    "user, service, method, body, expected",
+    [
+        ("user1", "customer", "shopmesh.customer.v1.CustomerService/ListCustomers", {}, "OK"),
+        (
+            "user1",
+            "customer",
+            "shopmesh.customer.v1.CustomerService/CreateCustomer",
+            {"customer": {"name": "x", "email": "x@example.com"}},
+            "PermissionDenied",
+        ),
+        (
+            "customer-manager",
+            "customer",
+            "shopmesh.customer.v1.CustomerService/CreateCustomer",
+            {"customer": {"name": "Direct", "email": "EMAIL"}},
+            "OK",
+        ),
+        ("product-manager", "billing", "shopmesh.billing.v1.BillingService/ListBills", {}, "PermissionDenied"),
+        ("billing-manager", "billing", "shopmesh.billing.v1.BillingService/ListBills", {}, "OK"),
+        (
+            "customer-manager",
+            "inventory",
+            "shopmesh.inventory.v1.InventoryService/ReserveStock",
+            {"reservation_id": "r", "lines": [{"product_id": "p", "quantity": 1}]},
+            "PermissionDenied",
+        ),
+        # The internal RPCs are the services' own: a person with every business role may not call them.
+        (
+            "billing-manager",
+            "inventory",
+            "shopmesh.inventory.v1.InventoryService/ReleaseStock",
+            {"reservation_id": "r"},
+            "PermissionDenied",
+        ),
+        (
+            "billing-manager",
+            "inventory",
+            "shopmesh.inventory.v1.InventoryService/ReserveStock",
+            {"reservation_id": "r", "lines": [{"product_id": "p", "quantity": 1}]},
+            "PermissionDenied",
+        ),
+        (
+            "mesh-admin",
+            "inventory",
+            "shopmesh.inventory.v1.InventoryService/ReleaseStock",
+            {"reservation_id": "r"},
+            "PermissionDenied",
+        ),
+        (
+            SERVICE_ACCOUNT,
+            "inventory",
+            "shopmesh.inventory.v1.InventoryService/ReleaseStock",
+            {"reservation_id": "RANDOM"},
+            "OK",
+        ),
+        (None, "inventory", "shopmesh.inventory.v1.InventoryService/ListProducts", {}, "Unauthenticated"),
+    ],
+)
+def test_a_sample_of_the_table_straight_to_the_services_with_grpcurl(
+    mesh, tokens, user, service, method, body, expected
+):
     if body.get("reservation_id") == "RANDOM":
         body = {"reservation_id": uuid.uuid4().hex}
     if "customer" in body and body["customer"]["email"] == "EMAIL":
@@ -152,8 +204,11 @@ def test_password_grant_then_refresh_grant_gives_a_working_token(mesh):
     assert refreshed.returncode == 0, refreshed.stderr
     token = refreshed.stdout.strip()
     assert token != json.loads(first.stdout)["access_token"]
-    answer = httpx.post(f"{mesh.gateway_url}/v1/customers", headers={"authorization": f"Bearer {token}"},
-                        json={"name": "Refreshed", "email": f"{uuid.uuid4().hex[:10]}@example.com"})
+    answer = httpx.post(
+        f"{mesh.gateway_url}/v1/customers",
+        headers={"authorization": f"Bearer {token}"},
+        json={"name": "Refreshed", "email": f"{uuid.uuid4().hex[:10]}@example.com"},
+    )
     assert answer.status_code == 200, answer.text
 
 
@@ -175,8 +230,9 @@ def _rejected_everywhere(mesh, token: str) -> None:
     answer = httpx.get(f"{mesh.gateway_url}/v1/products", headers={"authorization": f"Bearer {token}"})
     assert answer.status_code == 401, answer.text
     assert answer.headers["www-authenticate"].startswith("Bearer") and answer.json()["code"] == 16
-    code, output = _grpcurl(mesh, token, mesh.service_ports["inventory"],
-                            "shopmesh.inventory.v1.InventoryService/ListProducts", {})
+    code, output = _grpcurl(
+        mesh, token, mesh.service_ports["inventory"], "shopmesh.inventory.v1.InventoryService/ListProducts", {}
+    )
     assert code != 0 and "Code: Unauthenticated" in output, output
 
 
@@ -195,13 +251,23 @@ def test_a_token_of_the_master_realm_is_rejected(mesh):
 def test_an_expired_token_is_rejected(mesh):
     keycloak = realm.admin(mesh)
     client_id = f"shopmesh-test-short-{uuid.uuid4().hex[:6]}"
-    internal = keycloak.create_client({
-        "clientId": client_id, "publicClient": True, "directAccessGrantsEnabled": True, "standardFlowEnabled": False,
-        "attributes": {"access.token.lifespan": "2"},
-        "protocolMappers": [{"name": "audience", "protocol": "openid-connect", "protocolMapper": "oidc-audience-mapper",
-                             "config": {"included.client.audience": "shopmesh-gateway",
-                                        "access.token.claim": "true"}}],
-    })
+    internal = keycloak.create_client(
+        {
+            "clientId": client_id,
+            "publicClient": True,
+            "directAccessGrantsEnabled": True,
+            "standardFlowEnabled": False,
+            "attributes": {"access.token.lifespan": "2"},
+            "protocolMappers": [
+                {
+                    "name": "audience",
+                    "protocol": "openid-connect",
+                    "protocolMapper": "oidc-audience-mapper",
+                    "config": {"included.client.audience": "shopmesh-gateway", "access.token.claim": "true"},
+                }
+            ],
+        }
+    )
     try:
         short = KeycloakOpenID(server_url=f"{mesh.keycloak_url}/", realm_name="shopmesh", client_id=client_id)
         token = short.token("mesh-admin", realm.password("mesh-admin"))["access_token"]
@@ -217,23 +283,39 @@ def test_a_new_realm_key_is_picked_up_by_envoy_and_the_services_without_restart(
     keycloak = realm.admin(mesh)
     realm_id = keycloak.get_realm("shopmesh")["id"]
     name = f"rotated-{uuid.uuid4().hex[:6]}"
-    keycloak.create_component({"name": name, "providerId": "rsa-generated",
-                               "providerType": "org.keycloak.keys.KeyProvider", "parentId": realm_id,
-                               "config": {"priority": ["1000"], "keySize": ["2048"], "active": ["true"],
-                                          "enabled": ["true"], "algorithm": ["RS256"]}})
+    keycloak.create_component(
+        {
+            "name": name,
+            "providerId": "rsa-generated",
+            "providerType": "org.keycloak.keys.KeyProvider",
+            "parentId": realm_id,
+            "config": {
+                "priority": ["1000"],
+                "keySize": ["2048"],
+                "active": ["true"],
+                "enabled": ["true"],
+                "algorithm": ["RS256"],
+            },
+        }
+    )
     component = next(c for c in keycloak.get_components({"name": name}))
     try:
-        new_kid = next(key["kid"] for key in keycloak.get_keys()["keys"]
-                       if key.get("providerId") == component["id"] and key.get("algorithm") == "RS256")
+        new_kid = next(
+            key["kid"]
+            for key in keycloak.get_keys()["keys"]
+            if key.get("providerId") == component["id"] and key.get("algorithm") == "RS256"
+        )
         token = realm.token(mesh, "user1")["access_token"]
         header = token.split(".")[0]
         assert json.loads(base64.urlsafe_b64decode(header + "=" * (-len(header) % 4)))["kid"] == new_kid
-        code, output = _grpcurl(mesh, token, mesh.service_ports["customer"],
-                                "shopmesh.customer.v1.CustomerService/ListCustomers", {})
+        code, output = _grpcurl(
+            mesh, token, mesh.service_ports["customer"], "shopmesh.customer.v1.CustomerService/ListCustomers", {}
+        )
         assert code == 0, output
         deadline = time.monotonic() + 45  # Envoy refetches the realm's keys every 30 s
-        while (answer := httpx.get(f"{mesh.gateway_url}/v1/customers",
-                                   headers={"authorization": f"Bearer {token}"})).status_code != 200:
+        while (
+            answer := httpx.get(f"{mesh.gateway_url}/v1/customers", headers={"authorization": f"Bearer {token}"})
+        ).status_code != 200:
             assert answer.status_code == 401 and time.monotonic() < deadline, answer.text
             time.sleep(1)
     finally:
@@ -247,8 +329,11 @@ def test_a_new_realm_key_is_picked_up_by_envoy_and_the_services_without_restart(
 def test_the_running_realm_is_the_contracts(mesh):
     keycloak = realm.admin(mesh)
     settings = keycloak.get_realm("shopmesh")
-    assert (settings["accessTokenLifespan"], settings["ssoSessionIdleTimeout"], settings["ssoSessionMaxLifespan"]) \
-        == (300, 1800, 36000)
+    assert (settings["accessTokenLifespan"], settings["ssoSessionIdleTimeout"], settings["ssoSessionMaxLifespan"]) == (
+        300,
+        1800,
+        36000,
+    )
     assert settings["bruteForceProtected"] is True
     gateway = keycloak.get_client(keycloak.get_client_id("shopmesh-gateway"))
     assert gateway["publicClient"] and gateway["directAccessGrantsEnabled"]
@@ -258,7 +343,13 @@ def test_the_running_realm_is_the_contracts(mesh):
     account_roles = {r["name"] for r in keycloak.get_realm_roles_of_user(account["id"])}
     assert account_roles >= {"USER", "MESH_SERVICE"} and "BILLING_MANAGER" not in account_roles
     assert {r["name"] for r in keycloak.get_realm_roles()} >= {
-        "USER", "CUSTOMER_MANAGER", "PRODUCT_MANAGER", "BILLING_MANAGER", "ADMIN", "MESH_SERVICE"}
+        "USER",
+        "CUSTOMER_MANAGER",
+        "PRODUCT_MANAGER",
+        "BILLING_MANAGER",
+        "ADMIN",
+        "MESH_SERVICE",
+    }
     holders = {user["username"] for user in keycloak.get_realm_role_members("MESH_SERVICE")}
     assert holders == {account["username"]}, "only the services' own account may hold MESH_SERVICE"
 
@@ -295,8 +386,9 @@ def test_a_users_password_comes_from_the_environment(mesh, monkeypatch):
 def test_a_token_of_another_client_without_our_audience_is_401_like_any_invalid_token(mesh):
     keycloak = realm.admin(mesh)
     client_id = f"shopmesh-test-foreign-{uuid.uuid4().hex[:6]}"
-    internal = keycloak.create_client({"clientId": client_id, "publicClient": True, "directAccessGrantsEnabled": True,
-                                       "standardFlowEnabled": False})
+    internal = keycloak.create_client(
+        {"clientId": client_id, "publicClient": True, "directAccessGrantsEnabled": True, "standardFlowEnabled": False}
+    )
     try:
         foreign = KeycloakOpenID(server_url=f"{mesh.keycloak_url}/", realm_name="shopmesh", client_id=client_id)
         token = foreign.token("mesh-admin", realm.password("mesh-admin"))["access_token"]
@@ -323,8 +415,11 @@ def test_nothing_under_var_is_readable_by_group_or_others(mesh):
 
 
 def test_the_keycloak_admin_password_is_in_no_configuration_file(mesh):
-    written = [path for path in (mesh.var_dir / "run").rglob("*") if path.is_file()
-               and mesh.keycloak_admin_password.encode() in path.read_bytes()]
+    written = [
+        path
+        for path in (mesh.var_dir / "run").rglob("*")
+        if path.is_file() and mesh.keycloak_admin_password.encode() in path.read_bytes()
+    ]
     assert written == []
 
 
@@ -353,8 +448,12 @@ def test_a_token_the_gateway_and_a_service_have_cached_is_refused_once_it_expire
             return error.code()
 
     try:
-        assert (through_gateway(), through_gateway(), straight(), straight()) == (200, 200, grpc.StatusCode.OK,
-                                                                                  grpc.StatusCode.OK)
+        assert (through_gateway(), through_gateway(), straight(), straight()) == (
+            200,
+            200,
+            grpc.StatusCode.OK,
+            grpc.StatusCode.OK,
+        )
         # Past its expiry and the clock leeway both allow (5 s), the same token is refused by both.
         time.sleep(max(0.0, expires + LEEWAY + 1 - time.time()))
         assert (through_gateway(), straight()) == (401, grpc.StatusCode.UNAUTHENTICATED)

@@ -15,8 +15,8 @@ from kafka.admin import KafkaAdminClient
 
 from services.facturation_producer.producer import BUILT_IN_CUSTOMERS
 from shopmesh.runtime import invoices
-from shopmesh.tooling.dataflow_runs import own_topics
 from shopmesh.tooling import health
+from shopmesh.tooling.dataflow_runs import own_topics
 from shopmesh.tooling.supervise import Supervisor
 from tests.conftest import email, wait_for
 from tests.kafka_topics import invoice_events, invoice_ids, read_topic
@@ -27,7 +27,9 @@ ISO_MILLIS_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 def test_the_contract_topics_exist_with_facturation_in_3_partitions(mesh):
     admin = KafkaAdminClient(bootstrap_servers=mesh.kafka_bootstrap)
     try:
-        described = {topic["name"]: len(topic["partitions"]) for topic in admin.describe_topics(list(invoices.topics(mesh)))}
+        described = {
+            topic["name"]: len(topic["partitions"]) for topic in admin.describe_topics(list(invoices.topics(mesh)))
+        }
     finally:
         admin.close()
     assert described == invoices.topics(mesh)
@@ -47,8 +49,11 @@ def test_the_producer_sends_an_invoice_every_second_in_the_contract_shape(mesh):
     before = {(m.partition, m.offset) for m in read_topic(mesh, mesh.facturation_topic)}
     seconds = 5
     time.sleep(seconds + 1)  # the rate is what is measured: a second is its unit, not a wait for something
-    fresh = [(m, event) for m, event in invoice_events(read_topic(mesh, mesh.facturation_topic))
-             if (m.partition, m.offset) not in before]
+    fresh = [
+        (m, event)
+        for m, event in invoice_events(read_topic(mesh, mesh.facturation_topic))
+        if (m.partition, m.offset) not in before
+    ]
     assert len(fresh) >= seconds
     events = [_check_shape(message, event) for message, event in fresh]
     assert len({event["invoice_id"] for event in events}) == len(events)
@@ -62,12 +67,21 @@ def test_the_producer_names_the_customer_service_s_customers_not_its_built_in_li
     assert made["name"] not in BUILT_IN_CUSTOMERS
     with own_topics(mesh) as topics, open(tmp_path / "producer.log", "wb") as log:
         env = {**os.environ, **topics.env(), "SHOPMESH_FACTURATION_RATE": "200"}
-        producer = subprocess.Popen([sys.executable, "-m", "services.facturation_producer"], env=env, stdout=log,
-                                    stderr=subprocess.STDOUT)
+        producer = subprocess.Popen(
+            [sys.executable, "-m", "services.facturation_producer"], env=env, stdout=log, stderr=subprocess.STDOUT
+        )
         try:
-            named = wait_for(lambda: made["name"] in (names := {event["customer_name"] for _, event in
-                                                                invoice_events(read_topic(mesh, topics.input))})
-                             and names, 60, f"an invoice naming {made['name']}")
+            named = wait_for(
+                lambda: (
+                    made["name"]
+                    in (
+                        names := {event["customer_name"] for _, event in invoice_events(read_topic(mesh, topics.input))}
+                    )
+                    and names
+                ),
+                60,
+                f"an invoice naming {made['name']}",
+            )
         finally:
             producer.terminate()
             producer.wait(30)
@@ -90,12 +104,17 @@ def test_a_bill_appears_on_facturation_exactly_once(mesh, billing):
     bill = billing(quantity=3)
     wait_for(lambda: bill["id"] in invoice_ids(read_topic(mesh, mesh.facturation_topic)), 20, "the bill's event")
     time.sleep(2)  # the relay's next rounds must not send it again
-    matching = [(m, event) for m, event in invoice_events(read_topic(mesh, mesh.facturation_topic))
-                if event["invoice_id"] == bill["id"]]
+    matching = [
+        (m, event)
+        for m, event in invoice_events(read_topic(mesh, mesh.facturation_topic))
+        if event["invoice_id"] == bill["id"]
+    ]
     assert len(matching) == 1
     event = _check_shape(*matching[0])
-    assert (event["customer_name"], Decimal(re.search(rb'"amount": ([0-9.]+)', matching[0][0].value).group(1).decode())) \
-        == (bill["customer"]["name"], Decimal(bill["total"]))
+    assert (
+        event["customer_name"],
+        Decimal(re.search(rb'"amount": ([0-9.]+)', matching[0][0].value).group(1).decode()),
+    ) == (bill["customer"]["name"], Decimal(bill["total"]))
     assert bill["total"] == "37.02"
 
 
@@ -107,7 +126,10 @@ def test_a_bill_made_while_kafka_is_down_is_published_once_it_returns(mesh, bill
     finally:
         supervisor.rpc.startProcess("kafka", True)
         wait_for(lambda: health.kafka_metadata(mesh) is None, 120, "Kafka to answer again")
-    wait_for(lambda: bill["id"] in invoice_ids(read_topic(mesh, mesh.facturation_topic)), 60,
-             "the waiting event to be published")
+    wait_for(
+        lambda: bill["id"] in invoice_ids(read_topic(mesh, mesh.facturation_topic)),
+        60,
+        "the waiting event to be published",
+    )
     time.sleep(2)
     assert invoice_ids(read_topic(mesh, mesh.facturation_topic)).count(bill["id"]) == 1

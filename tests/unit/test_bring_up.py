@@ -45,8 +45,14 @@ class Processes:
 
 
 def _program(processes: Processes, name: str, requires=(), deadline=5.0) -> Program:
-    return Program(name, lambda: ProgramSpec(name, ["true"]), ports={}, probe=processes.probe(name),
-                   requires=requires, deadline=deadline)
+    return Program(
+        name,
+        lambda: ProgramSpec(name, ["true"]),
+        ports={},
+        probe=processes.probe(name),
+        requires=requires,
+        deadline=deadline,
+    )
 
 
 def _bring_up(processes: Processes, programs, reports=None) -> BringUp:
@@ -55,8 +61,11 @@ def _bring_up(processes: Processes, programs, reports=None) -> BringUp:
 
 def test_a_program_starts_only_once_what_it_requires_is_healthy():
     processes = Processes({"consul": 3, "kafka": 1, "envoy": 1})
-    programs = [_program(processes, "consul"), _program(processes, "kafka", ("consul",)),
-                _program(processes, "envoy", ("consul",))]
+    programs = [
+        _program(processes, "consul"),
+        _program(processes, "kafka", ("consul",)),
+        _program(processes, "envoy", ("consul",)),
+    ]
     bring_up = _bring_up(processes, programs)
     bring_up.run()
     assert processes.started == ["consul", "kafka", "envoy"]
@@ -99,15 +108,18 @@ def test_the_supervisor_config_escapes_percent_signs_and_logs_each_program_to_it
 
 def test_programs_are_stopped_in_the_reverse_of_their_start_order(tmp_path):
     # supervisord stops the highest priority first: the last started, as the dataflows before Kafka.
-    text = render_config(Settings(var_dir=tmp_path), [ProgramSpec(name, ["true"]) for name in
-                                                      ("consul", "kafka", "analytics-totals-5s")])
+    text = render_config(
+        Settings(var_dir=tmp_path), [ProgramSpec(name, ["true"]) for name in ("consul", "kafka", "analytics-totals-5s")]
+    )
     priorities = dict(re.findall(r"\[program:(\S+)\]\n(?:.*\n)*?priority=(\d+)", text))
     assert sorted(priorities, key=lambda name: int(priorities[name])) == ["consul", "kafka", "analytics-totals-5s"]
 
 
 def test_a_secret_is_referred_to_in_the_supervisor_config_never_written_into_it(tmp_path):
-    text = render_config(Settings(var_dir=tmp_path), [
-        ProgramSpec("keycloak", ["kc.sh"], {"USER": "admin"}, secrets={"PASSWORD": "s3cret-value"})])
+    text = render_config(
+        Settings(var_dir=tmp_path),
+        [ProgramSpec("keycloak", ["kc.sh"], {"USER": "admin"}, secrets={"PASSWORD": "s3cret-value"})],
+    )
     assert "s3cret-value" not in text
     assert 'environment=USER="admin",PASSWORD="%(ENV_SHOPMESH_SECRET_PASSWORD)s"' in text
     assert "umask=077" in text  # every program's files are its owner's only
@@ -119,8 +131,10 @@ def test_owner_only_takes_the_group_and_other_bits_off_a_tree(tmp_path):
     (tmp_path / "data" / "keys.db").chmod(0o644)
     (tmp_path / "data" / "link").symlink_to("/etc/hostname")
     owner_only(tmp_path)
-    assert {path.name: path.stat().st_mode & 0o777 for path in (tmp_path / "data", tmp_path / "data" / "keys.db")} \
-        == {"data": 0o700, "keys.db": 0o600}
+    assert {path.name: path.stat().st_mode & 0o777 for path in (tmp_path / "data", tmp_path / "data" / "keys.db")} == {
+        "data": 0o700,
+        "keys.db": 0o600,
+    }
 
 
 def test_each_service_runs_service_processes_instances_on_ports_chosen_once(tmp_path):

@@ -20,11 +20,16 @@ from shopmesh.tooling import gateway
 def test_each_service_of_the_catalogue_is_a_grpc_service_of_the_protos_with_every_rpc_in_its_permissions():
     for service in catalogue.SERVICES:
         package = service.grpc_service.rsplit(".", 1)[0]  # shopmesh.customer.v1
-        modules = [importlib.import_module(f"{package}.{path.stem}")
-                   for path in (PROJECT_ROOT / "shopmesh").joinpath(*package.split(".")[1:]).glob("*_pb2.py")]
-        [descriptor] = [module.DESCRIPTOR.services_by_name[name] for module in modules
-                        for name in module.DESCRIPTOR.services_by_name
-                        if module.DESCRIPTOR.services_by_name[name].full_name == service.grpc_service]
+        modules = [
+            importlib.import_module(f"{package}.{path.stem}")
+            for path in (PROJECT_ROOT / "shopmesh").joinpath(*package.split(".")[1:]).glob("*_pb2.py")
+        ]
+        [descriptor] = [
+            module.DESCRIPTOR.services_by_name[name]
+            for module in modules
+            for name in module.DESCRIPTOR.services_by_name
+            if module.DESCRIPTOR.services_by_name[name].full_name == service.grpc_service
+        ]
         assert {method.name for method in descriptor.methods} == set(service.permissions), service.name
         assert set(service.internal_rpcs) <= set(service.permissions)
 
@@ -54,14 +59,17 @@ def test_one_service_port_is_moved_by_its_own_variable(monkeypatch):
 
 
 def test_the_control_plane_sends_envoy_every_routed_service():
-    assert ROUTED == tuple(service.consul_name for service in catalogue.SERVICES if service.routed)
+    assert tuple(service.consul_name for service in catalogue.SERVICES if service.routed) == ROUTED
 
 
 def test_the_permission_table_is_gathered_from_the_catalogue():
-    assert set(permissions.PERMISSIONS) == {service.method(rpc) for service in catalogue.SERVICES
-                                             for rpc in service.permissions}
-    assert permissions.INTERNAL_METHODS == ("/shopmesh.inventory.v1.InventoryService/ReserveStock",
-                                            "/shopmesh.inventory.v1.InventoryService/ReleaseStock")
+    assert set(permissions.PERMISSIONS) == {
+        service.method(rpc) for service in catalogue.SERVICES for rpc in service.permissions
+    }
+    assert permissions.INTERNAL_METHODS == (
+        "/shopmesh.inventory.v1.InventoryService/ReserveStock",
+        "/shopmesh.inventory.v1.InventoryService/ReleaseStock",
+    )
 
 
 def _route_for(path: str) -> dict:
@@ -103,8 +111,9 @@ def test_docker_compose_runs_each_service_of_the_catalogue_after_what_it_depends
         assert entry["command"] == ["python", "-m", service.module]
         assert entry["healthcheck"]["test"][-1] == str(service.default_port)
         assert {f"{other}-service" for other in service.depends_on} <= set(entry["depends_on"])
-    running_services = {name for name, entry in compose.items() if str(entry.get("command", [""])[-1]).startswith(
-        "services.")}
+    running_services = {
+        name for name, entry in compose.items() if str(entry.get("command", [""])[-1]).startswith("services.")
+    }
     assert running_services == {s.consul_name for s in catalogue.SERVICES} | {"control-plane", "facturation-producer"}
 
 
@@ -121,7 +130,10 @@ def _imports(path: Path) -> set[str]:
 
 @pytest.mark.parametrize("folder", ["shopmesh/runtime", "services", "dataflows"])
 def test_nothing_the_processes_run_imports_the_operator_s_tooling(folder):
-    offenders = {str(path.relative_to(PROJECT_ROOT)): sorted(name for name in _imports(path)
-                                                             if name.startswith("shopmesh.tooling"))
-                 for path in (PROJECT_ROOT / folder).rglob("*.py")}
+    offenders = {
+        str(path.relative_to(PROJECT_ROOT)): sorted(
+            name for name in _imports(path) if name.startswith("shopmesh.tooling")
+        )
+        for path in (PROJECT_ROOT / folder).rglob("*.py")
+    }
     assert {path: names for path, names in offenders.items() if names} == {}

@@ -21,5 +21,8 @@ def test_the_descriptor_set_carries_the_http_annotations_and_their_imports(tmp_p
     descriptor_set = out / codegen.DESCRIPTOR_SET.relative_to(codegen.PROJECT_ROOT)
     files = descriptor_pb2.FileDescriptorSet.FromString(descriptor_set.read_bytes()).file
     names = {file.name for file in files}
-    assert {"google/api/annotations.proto", "google/api/http.proto",
-            "shopmesh/billing/v1/billing_service.proto"} <= names
+    assert {
+        "google/api/annotations.proto",
+        "google/api/http.proto",
+        "shopmesh/billing/v1/billing_service.proto",
+    } <= names

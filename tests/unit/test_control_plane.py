@@ -66,9 +66,13 @@ class Stream:
 
 
 def _request(type_url=snapshot.CLUSTER_TYPE, version="", nonce="", names=(), error=""):
-    return discovery_pb2.DiscoveryRequest(type_url=type_url, version_info=version, response_nonce=nonce,
-                                          resource_names=list(names),
-                                          error_detail=status_pb2.Status(code=3 if error else 0, message=error))
+    return discovery_pb2.DiscoveryRequest(
+        type_url=type_url,
+        version_info=version,
+        response_nonce=nonce,
+        resource_names=list(names),
+        error_detail=status_pb2.Status(code=3 if error else 0, message=error),
+    )
 
 
 def _run(scenario):

@@ -42,7 +42,7 @@ def test_reads_cannot_write(tmp_path):
     async def scenario() -> str:
         try:
             await db.read(lambda c: c.execute(insert(CUSTOMERS), {"id": "b", "name": "B", "email": "b@example.com"}))
-        except Exception as error:  # noqa: BLE001 - the error is what the test looks at
+        except Exception as error:
             return str(error)
         return "written"
 
@@ -61,7 +61,7 @@ def test_a_failed_write_leaves_nothing_half_written(tmp_path):
     async def scenario() -> list:
         try:
             await db.write(two_rows_then_fail)
-        except Exception:  # noqa: BLE001 - the duplicate key is the point
+        except Exception:
             pass
         return await db.read(lambda c: c.execute(select(CUSTOMERS.c.id)).all())
 
@@ -72,8 +72,16 @@ def test_concurrent_writes_of_one_process_are_all_committed(tmp_path):
     db = _database(tmp_path)
 
     async def scenario() -> int:
-        await asyncio.gather(*(db.write(lambda c, n=n: c.execute(insert(CUSTOMERS), {
-            "id": f"id{n}", "name": "N", "email": f"{n}@example.com"})) for n in range(200)))
+        await asyncio.gather(
+            *(
+                db.write(
+                    lambda c, n=n: c.execute(
+                        insert(CUSTOMERS), {"id": f"id{n}", "name": "N", "email": f"{n}@example.com"}
+                    )
+                )
+                for n in range(200)
+            )
+        )
         return len(await db.read(lambda c: c.execute(select(CUSTOMERS.c.id)).all()))
 
     assert asyncio.run(scenario()) == 200
@@ -103,8 +111,11 @@ def test_a_lease_that_ran_out_is_taken_over(tmp_path, monkeypatch):
     async def scenario() -> tuple[bool, bool, str]:
         assert await first._hold_lease()
         # The holder stops renewing (killed, or stalled): once its lease runs out, another relay takes it.
-        await first.db.write(lambda c: c.execute(update(RelayLeaseRow.__table__).values(
-            expires_at=outbox._now() - outbox.timedelta(seconds=1))))
+        await first.db.write(
+            lambda c: c.execute(
+                update(RelayLeaseRow.__table__).values(expires_at=outbox._now() - outbox.timedelta(seconds=1))
+            )
+        )
         taken = await second._hold_lease()
         first._lease_until = 0.0  # as if its own lease ran out too
         renewed = await first._hold_lease()

@@ -28,10 +28,11 @@ class Topics:
         self.written: dict[str, list] = {}
 
     def edges(self) -> Edges:
-        return Edges(read=lambda flow: op.input("read invoices", flow, TestingSource(self.messages)),
-                     write=lambda step_id, up, topic: op.output(step_id, up,
-                                                                TestingSink(self.written.setdefault(topic, []))),
-                     partitions=lambda topic: 3)
+        return Edges(
+            read=lambda flow: op.input("read invoices", flow, TestingSource(self.messages)),
+            write=lambda step_id, up, topic: op.output(step_id, up, TestingSink(self.written.setdefault(topic, []))),
+            partitions=lambda topic: 3,
+        )
 
     def records(self, topic: str) -> list[tuple[str, dict]]:
         return [(record.key.decode(), json.loads(record.value)) for record in self.written.get(topic, [])]
@@ -43,44 +44,75 @@ def _message(raw: bytes, offset: int, partition: int = 0, key: bytes | None = No
 
 def _invoices(*made: tuple[str, str, int, float]) -> list[KafkaSourceMessage]:
     """(invoice id, customer, cents, seconds after BASE) each, spread over the three partitions."""
-    return [_message(Invoice(invoice_id, customer, cents, BASE + timedelta(seconds=at)).value(), offset,
-                     partition=offset % 3, key=customer.encode())
-            for offset, (invoice_id, customer, cents, at) in enumerate(made)]
+    return [
+        _message(
+            Invoice(invoice_id, customer, cents, BASE + timedelta(seconds=at)).value(),
+            offset,
+            partition=offset % 3,
+            key=customer.encode(),
+        )
+        for offset, (invoice_id, customer, cents, at) in enumerate(made)
+    ]
 
 
 def test_totals_5s_sums_each_window_exactly_and_counts_a_repeated_event_once():
-    topics = Topics(_invoices(("a", "Imane", 1001, 0), ("b", "Yassine", 2099, 4.999), ("a", "Imane", 1001, 0),
-                              ("c", "Imane", 5, 5), ("d", "Mohamed", 10**12, 12)))
+    topics = Topics(
+        _invoices(
+            ("a", "Imane", 1001, 0),
+            ("b", "Yassine", 2099, 4.999),
+            ("a", "Imane", 1001, 0),
+            ("c", "Imane", 5, 5),
+            ("d", "Mohamed", 10**12, 12),
+        )
+    )
     run_main(totals_5s.flow(SETTINGS, topics.edges()))
-    windows = {key: record for key, record in topics.records(SETTINGS.total_5s_topic)}
+    windows = dict(topics.records(SETTINGS.total_5s_topic))
     assert windows == {
-        "2026-11-28T23:00:00.000Z": {"window_start": "2026-11-28T23:00:00.000Z",
-                                     "window_end": "2026-11-28T23:00:05.000Z", "total": "31.00", "count": 2},
-        "2026-11-28T23:00:05.000Z": {"window_start": "2026-11-28T23:00:05.000Z",
-                                     "window_end": "2026-11-28T23:00:10.000Z", "total": "0.05", "count": 1},
-        "2026-11-28T23:00:10.000Z": {"window_start": "2026-11-28T23:00:10.000Z",
-                                     "window_end": "2026-11-28T23:00:15.000Z", "total": "10000000000.00",
-                                     "count": 1},
+        "2026-11-28T23:00:00.000Z": {
+            "window_start": "2026-11-28T23:00:00.000Z",
+            "window_end": "2026-11-28T23:00:05.000Z",
+            "total": "31.00",
+            "count": 2,
+        },
+        "2026-11-28T23:00:05.000Z": {
+            "window_start": "2026-11-28T23:00:05.000Z",
+            "window_end": "2026-11-28T23:00:10.000Z",
+            "total": "0.05",
+            "count": 1,
+        },
+        "2026-11-28T23:00:10.000Z": {
+            "window_start": "2026-11-28T23:00:10.000Z",
+            "window_end": "2026-11-28T23:00:15.000Z",
+            "total": "10000000000.00",
+            "count": 1,
+        },
     }
     assert topics.written[SETTINGS.dlq_topic] == []  # nothing late; totals_by_customer reports the unreadable
 
 
 def test_totals_by_customer_publishes_each_running_total_and_dead_letters_what_it_cannot_count():
-    topics = Topics([*_invoices(("a", "Imane", 1250, 0), ("b", "Imane", 1, 1), ("a", "Imane", 1250, 0),
-                                ("c", "Yassine", 300, 2)),
-                     _message(b"not json", 10, key=b"k"),
-                     _message(b'{"invoice_id": "x", "customer_name": "Imane", "amount": -1, '
-                              b'"issued_at": "2026-11-28T23:00:00Z"}', 11)])
+    topics = Topics(
+        [
+            *_invoices(
+                ("a", "Imane", 1250, 0), ("b", "Imane", 1, 1), ("a", "Imane", 1250, 0), ("c", "Yassine", 300, 2)
+            ),
+            _message(b"not json", 10, key=b"k"),
+            _message(
+                b'{"invoice_id": "x", "customer_name": "Imane", "amount": -1, "issued_at": "2026-11-28T23:00:00Z"}', 11
+            ),
+        ]
+    )
     run_main(totals_by_customer.flow(SETTINGS, topics.edges()))
     latest = dict(topics.records(SETTINGS.total_by_customer_topic))
     assert latest == {
         "Imane": {"customer_name": "Imane", "total": "12.51", "count": 2, "updated_at": "2026-11-28T23:00:01.000Z"},
-        "Yassine": {"customer_name": "Yassine", "total": "3.00", "count": 1,
-                    "updated_at": "2026-11-28T23:00:02.000Z"},
+        "Yassine": {"customer_name": "Yassine", "total": "3.00", "count": 1, "updated_at": "2026-11-28T23:00:02.000Z"},
     }
     assert len(topics.records(SETTINGS.total_by_customer_topic)) == 3  # the repeat published nothing
-    letters = {record["offset"]: record for _, record in
-               [(None, json.loads(r.value)) for r in topics.written[SETTINGS.dlq_topic]]}
+    letters = {
+        record["offset"]: record
+        for _, record in [(None, json.loads(r.value)) for r in topics.written[SETTINGS.dlq_topic]]
+    }
     assert letters[10]["error"].startswith("not JSON") and letters[10]["raw"] == "not json"
     assert letters[11]["error"].startswith("amount is negative")
     assert [r.key for r in topics.written[SETTINGS.dlq_topic]] == [b"k", None]

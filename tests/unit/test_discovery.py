@@ -4,13 +4,19 @@ from shopmesh.runtime.discovery import usable_addresses
 
 
 def _entry(port: int, *checks: tuple[str, str]) -> dict:
-    return {"Node": {"Address": "127.0.0.1"}, "Service": {"Address": "127.0.0.1", "Port": port},
-            "Checks": [{"Status": status, "Output": output} for status, output in checks]}
+    return {
+        "Node": {"Address": "127.0.0.1"},
+        "Service": {"Address": "127.0.0.1", "Port": port},
+        "Checks": [{"Status": status, "Output": output} for status, output in checks],
+    }
 
 
 def test_passing_and_warning_instances_take_traffic_and_critical_ones_do_not():
-    entries = [_entry(1, ("passing", "ok")), _entry(2, ("passing", "ok"), ("warning", "events wait")),
-               _entry(3, ("critical", "connection refused"))]
+    entries = [
+        _entry(1, ("passing", "ok")),
+        _entry(2, ("passing", "ok"), ("warning", "events wait")),
+        _entry(3, ("critical", "connection refused")),
+    ]
     assert usable_addresses(entries, ()) == ("127.0.0.1:1", "127.0.0.1:2")
 
 

@@ -58,7 +58,7 @@ def test_a_failed_verification_leaves_nothing(tmp_path):
     def verify(home):
         raise InstallError("widget --version reports 0.9")
 
-    with pytest.raises(InstallError, match="0.9"):
+    with pytest.raises(InstallError, match=r"0\.9"):
         ensure(Component("widget", "1.0", _write_binary, verify), tmp_path)
     assert [p.name for p in tmp_path.iterdir() if not p.name.endswith(".lock")] == []
 
@@ -83,7 +83,7 @@ def test_an_install_killed_mid_build_is_cleaned_up_by_the_next_one(tmp_path):
             (home / "half-written").write_text("x")
             Path({str(started)!r}).touch()
             time.sleep(60)
-        ensure(Component("widget", "1.0", build, lambda home: ""), Path({str(tmp_path / 'cache')!r}))
+        ensure(Component("widget", "1.0", build, lambda home: ""), Path({str(tmp_path / "cache")!r}))
     """)
     victim = subprocess.Popen([sys.executable, "-c", script])
     deadline = time.monotonic() + 30

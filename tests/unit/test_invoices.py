@@ -9,8 +9,9 @@ from shopmesh.runtime.invoices import Invoice, iso_millis
 def test_an_invoice_is_the_contract_json_with_an_exact_amount():
     event = Invoice("abc", "Imane", 10, datetime(2026, 11, 28, 23, 0, 0, 123999, tzinfo=UTC))
     assert event.key() == b"Imane"
-    assert event.value() == (b'{"invoice_id": "abc", "customer_name": "Imane", "amount": 0.10, '
-                             b'"issued_at": "2026-11-28T23:00:00.123Z"}')
+    assert event.value() == (
+        b'{"invoice_id": "abc", "customer_name": "Imane", "amount": 0.10, "issued_at": "2026-11-28T23:00:00.123Z"}'
+    )
     assert json.loads(event.value())["customer_name"] == "Imane"
 
 

@@ -4,24 +4,35 @@ import pytest
 from google.protobuf.field_mask_pb2 import FieldMask
 
 from services.billing.service import bill_lines, new_bill
-from shopmesh.runtime import paging
 from shopmesh.billing.v1 import billing_service_pb2 as billing
 from shopmesh.customer.v1.customer_service_pb2 import Customer
-from shopmesh.runtime.errors import InvalidArgument
 from shopmesh.inventory.v1.inventory_service_pb2 import Product
+from shopmesh.runtime import paging
+from shopmesh.runtime.errors import InvalidArgument
 from shopmesh.runtime.money import format_cents, parse_cents
 from shopmesh.runtime.resources import fields_to_update
 
 
-@pytest.mark.parametrize("text, cents", [("0", 0), ("0.1", 10), ("12.5", 1250), ("1299.99", 129999),
-                                         (" 7.00 ", 700), ("0.30", 30)])
+@pytest.mark.parametrize(
+    "text, cents", [("0", 0), ("0.1", 10), ("12.5", 1250), ("1299.99", 129999), (" 7.00 ", 700), ("0.30", 30)]
+)
 def test_decimal_strings_become_exact_cents(text, cents):
     assert parse_cents(text, "price") == cents
 
 
-@pytest.mark.parametrize("text, problem", [("-0.01", "negative"), ("1.001", "two decimals"), ("abc", "decimal"),
-                                           ("", "decimal"), ("NaN", "plain"), ("Infinity", "plain"),
-                                           ("1e2", "plain"), ("100000000000", "too large")])
+@pytest.mark.parametrize(
+    "text, problem",
+    [
+        ("-0.01", "negative"),
+        ("1.001", "two decimals"),
+        ("abc", "decimal"),
+        ("", "decimal"),
+        ("NaN", "plain"),
+        ("Infinity", "plain"),
+        ("1e2", "plain"),
+        ("100000000000", "too large"),
+    ],
+)
 def test_bad_money_is_rejected_naming_the_field(text, problem):
     with pytest.raises(InvalidArgument, match=problem) as failure:
         parse_cents(text, "product.price")
@@ -62,11 +73,19 @@ def _mask(*paths):
 
 
 def test_a_bill_sums_its_amounts_in_cents():
-    request = billing.CreateBillRequest(customer_id="c", items=[
-        billing.CreateBillRequest.Item(product_id="a", quantity=3),
-        billing.CreateBillRequest.Item(product_id="b", quantity=7)])
+    request = billing.CreateBillRequest(
+        customer_id="c",
+        items=[
+            billing.CreateBillRequest.Item(product_id="a", quantity=3),
+            billing.CreateBillRequest.Item(product_id="b", quantity=7),
+        ],
+    )
     lines = bill_lines(request)
-    bill, items = new_bill("bill", Customer(id="c", name="C", email="c@example.com"), lines,
-                           [Product(id="a", name="A", price="0.10"), Product(id="b", name="B", price="19.99")])
+    bill, items = new_bill(
+        "bill",
+        Customer(id="c", name="C", email="c@example.com"),
+        lines,
+        [Product(id="a", name="A", price="0.10"), Product(id="b", name="B", price="19.99")],
+    )
     assert [item.amount_cents for item in items] == [30, 13993]
     assert bill.total_cents == 14023

@@ -15,19 +15,22 @@ CUSTOMERS = "/shopmesh.customer.v1.CustomerService/"
 BILLS = "/shopmesh.billing.v1.BillingService/"
 
 
-@pytest.mark.parametrize("method, roles, expected", [
-    (f"{CUSTOMERS}ListCustomers", ["USER"], True),
-    (f"{CUSTOMERS}GetCustomer", ["PRODUCT_MANAGER"], True),
-    (f"{CUSTOMERS}CreateCustomer", ["USER"], False),
-    (f"{CUSTOMERS}CreateCustomer", ["USER", "CUSTOMER_MANAGER"], True),
-    (f"{CUSTOMERS}DeleteCustomer", ["ADMIN"], True),
-    ("/shopmesh.inventory.v1.InventoryService/UpdateProduct", ["CUSTOMER_MANAGER"], False),
-    (f"{BILLS}ListBills", ["USER", "PRODUCT_MANAGER"], False),
-    (f"{BILLS}CreateBill", ["BILLING_MANAGER"], True),
-    ("/shopmesh.inventory.v1.InventoryService/ReserveStock", ["USER"], False),
-    ("/shopmesh.unknown.v1.Nothing/Do", ["ADMIN"], False),
-    (f"{CUSTOMERS}ListCustomers", [], False),
-])
+@pytest.mark.parametrize(
+    "method, roles, expected",
+    [
+        (f"{CUSTOMERS}ListCustomers", ["USER"], True),
+        (f"{CUSTOMERS}GetCustomer", ["PRODUCT_MANAGER"], True),
+        (f"{CUSTOMERS}CreateCustomer", ["USER"], False),
+        (f"{CUSTOMERS}CreateCustomer", ["USER", "CUSTOMER_MANAGER"], True),
+        (f"{CUSTOMERS}DeleteCustomer", ["ADMIN"], True),
+        ("/shopmesh.inventory.v1.InventoryService/UpdateProduct", ["CUSTOMER_MANAGER"], False),
+        (f"{BILLS}ListBills", ["USER", "PRODUCT_MANAGER"], False),
+        (f"{BILLS}CreateBill", ["BILLING_MANAGER"], True),
+        ("/shopmesh.inventory.v1.InventoryService/ReserveStock", ["USER"], False),
+        ("/shopmesh.unknown.v1.Nothing/Do", ["ADMIN"], False),
+        (f"{CUSTOMERS}ListCustomers", [], False),
+    ],
+)
 def test_the_table(method, roles, expected):
     assert permissions.allowed(method, roles) is expected
 
@@ -37,9 +40,12 @@ def test_every_public_rpc_of_the_protos_is_in_the_table():
     from shopmesh.customer.v1 import customer_service_pb2
     from shopmesh.inventory.v1 import inventory_service_pb2
 
-    methods = {f"/{service.full_name}/{method.name}"
-               for module in (customer_service_pb2, inventory_service_pb2, billing_service_pb2)
-               for service in module.DESCRIPTOR.services_by_name.values() for method in service.methods}
+    methods = {
+        f"/{service.full_name}/{method.name}"
+        for module in (customer_service_pb2, inventory_service_pb2, billing_service_pb2)
+        for service in module.DESCRIPTOR.services_by_name.values()
+        for method in service.methods
+    }
     assert methods == set(permissions.PERMISSIONS)
 
 
@@ -104,7 +110,8 @@ def test_the_interceptor_refuses_no_token_or_a_bad_one(token, fragment):
     assert code == grpc.StatusCode.UNAUTHENTICATED and fragment in message
 
 
-@pytest.mark.parametrize("method", ["/grpc.health.v1.Health/Check",
-                                    "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo"])
+@pytest.mark.parametrize(
+    "method", ["/grpc.health.v1.Health/Check", "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo"]
+)
 def test_health_and_reflection_need_no_token(method):
     assert _decide(method, None) == "passed"

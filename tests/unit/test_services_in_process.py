@@ -92,25 +92,35 @@ def test_an_empty_database_is_seeded_with_the_original_customers(customers):
 
 
 def test_a_customer_is_created_read_updated_and_deleted(customers):
-    made = customers.CreateCustomer(customer_pb.CreateCustomerRequest(
-        customer=customer_pb.Customer(name="  Nadia  ", email=_email())), metadata=_as(ADMIN))
+    made = customers.CreateCustomer(
+        customer_pb.CreateCustomerRequest(customer=customer_pb.Customer(name="  Nadia  ", email=_email())),
+        metadata=_as(ADMIN),
+    )
     assert made.id and made.name == "Nadia"
     assert customers.GetCustomer(customer_pb.GetCustomerRequest(id=made.id), metadata=_as(READER)) == made
-    renamed = customers.UpdateCustomer(customer_pb.UpdateCustomerRequest(
-        id=made.id, customer=customer_pb.Customer(name="Nadia B."),
-        update_mask=field_mask_pb2.FieldMask(paths=["name"])), metadata=_as(ADMIN))
+    renamed = customers.UpdateCustomer(
+        customer_pb.UpdateCustomerRequest(
+            id=made.id,
+            customer=customer_pb.Customer(name="Nadia B."),
+            update_mask=field_mask_pb2.FieldMask(paths=["name"]),
+        ),
+        metadata=_as(ADMIN),
+    )
     assert (renamed.name, renamed.email) == ("Nadia B.", made.email)
     customers.DeleteCustomer(customer_pb.DeleteCustomerRequest(id=made.id), metadata=_as(ADMIN))
     code, message = _refusal(customers.GetCustomer, customer_pb.GetCustomerRequest(id=made.id))
     assert code == grpc.StatusCode.NOT_FOUND and made.id in message
 
 
-@pytest.mark.parametrize("customer, field", [
-    (customer_pb.Customer(name="", email="a@example.com"), "name"),
-    (customer_pb.Customer(name="A", email="not-an-email"), "email"),
-    (customer_pb.Customer(name="A" * 201, email="a@example.com"), "name"),
-    (customer_pb.Customer(name="A"), "email"),
-])
+@pytest.mark.parametrize(
+    "customer, field",
+    [
+        (customer_pb.Customer(name="", email="a@example.com"), "name"),
+        (customer_pb.Customer(name="A", email="not-an-email"), "email"),
+        (customer_pb.Customer(name="A" * 201, email="a@example.com"), "name"),
+        (customer_pb.Customer(name="A"), "email"),
+    ],
+)
 def test_a_bad_customer_is_refused_naming_the_field(customers, customer, field):
     code, message = _refusal(customers.CreateCustomer, customer_pb.CreateCustomerRequest(customer=customer))
     assert code == grpc.StatusCode.INVALID_ARGUMENT
@@ -119,21 +129,27 @@ def test_a_bad_customer_is_refused_naming_the_field(customers, customer, field):
 
 def test_an_email_is_unique_whatever_its_case(customers):
     email = _email()
-    customers.CreateCustomer(customer_pb.CreateCustomerRequest(customer=customer_pb.Customer(name="A", email=email)),
-                             metadata=_as(ADMIN))
-    code, message = _refusal(customers.CreateCustomer, customer_pb.CreateCustomerRequest(
-        customer=customer_pb.Customer(name="B", email=email.upper())))
+    customers.CreateCustomer(
+        customer_pb.CreateCustomerRequest(customer=customer_pb.Customer(name="A", email=email)), metadata=_as(ADMIN)
+    )
+    code, message = _refusal(
+        customers.CreateCustomer,
+        customer_pb.CreateCustomerRequest(customer=customer_pb.Customer(name="B", email=email.upper())),
+    )
     assert code == grpc.StatusCode.ALREADY_EXISTS and "email" in message
 
 
 def test_customers_are_paged_each_once_in_id_order(customers):
     for number in range(7):
-        customers.CreateCustomer(customer_pb.CreateCustomerRequest(
-            customer=customer_pb.Customer(name=f"Paged {number}", email=_email())), metadata=_as(ADMIN))
+        customers.CreateCustomer(
+            customer_pb.CreateCustomerRequest(customer=customer_pb.Customer(name=f"Paged {number}", email=_email())),
+            metadata=_as(ADMIN),
+        )
     seen, token, pages = [], "", 0
     while True:
-        page = customers.ListCustomers(customer_pb.ListCustomersRequest(page_size=3, page_token=token),
-                                       metadata=_as(READER))
+        page = customers.ListCustomers(
+            customer_pb.ListCustomersRequest(page_size=3, page_token=token), metadata=_as(READER)
+        )
         assert len(page.customers) <= 3
         seen.extend(customer.id for customer in page.customers)
         pages += 1
@@ -143,24 +159,33 @@ def test_customers_are_paged_each_once_in_id_order(customers):
     assert pages == 4
 
 
-@pytest.mark.parametrize("request_, field", [
-    (customer_pb.ListCustomersRequest(page_size=-1), "page_size"),
-    (customer_pb.ListCustomersRequest(page_token="not a token"), "page_token"),
-])
+@pytest.mark.parametrize(
+    "request_, field",
+    [
+        (customer_pb.ListCustomersRequest(page_size=-1), "page_size"),
+        (customer_pb.ListCustomersRequest(page_token="not a token"), "page_token"),
+    ],
+)
 def test_a_bad_page_request_is_refused_naming_the_field(customers, request_, field):
     code, message = _refusal(customers.ListCustomers, request_)
     assert code == grpc.StatusCode.INVALID_ARGUMENT and field in message
 
 
-@pytest.mark.parametrize("token, code", [
-    (None, grpc.StatusCode.UNAUTHENTICATED),
-    ("forged", grpc.StatusCode.UNAUTHENTICATED),
-    ("USER", grpc.StatusCode.PERMISSION_DENIED),
-    ("USER,PRODUCT_MANAGER", grpc.StatusCode.PERMISSION_DENIED),
-])
+@pytest.mark.parametrize(
+    "token, code",
+    [
+        (None, grpc.StatusCode.UNAUTHENTICATED),
+        ("forged", grpc.StatusCode.UNAUTHENTICATED),
+        ("USER", grpc.StatusCode.PERMISSION_DENIED),
+        ("USER,PRODUCT_MANAGER", grpc.StatusCode.PERMISSION_DENIED),
+    ],
+)
 def test_the_permission_table_is_enforced_by_the_service_itself(customers, token, code):
-    refused, _ = _refusal(customers.CreateCustomer, customer_pb.CreateCustomerRequest(
-        customer=customer_pb.Customer(name="A", email=_email())), token)
+    refused, _ = _refusal(
+        customers.CreateCustomer,
+        customer_pb.CreateCustomerRequest(customer=customer_pb.Customer(name="A", email=_email())),
+        token,
+    )
     assert refused == code
 
 
@@ -170,25 +195,32 @@ def test_the_permission_table_is_enforced_by_the_service_itself(customers, token
 def test_an_empty_database_is_seeded_with_the_original_products(products):
     listed = products.ListProducts(inventory_pb.ListProductsRequest(), metadata=_as(READER))
     assert {p.name: (p.price, p.quantity) for p in listed.products} == {
-        p.name: (f"{p.price_cents // 100}.{p.price_cents % 100:02d}", p.quantity) for p in PRODUCTS}
+        p.name: (f"{p.price_cents // 100}.{p.price_cents % 100:02d}", p.quantity) for p in PRODUCTS
+    }
 
 
 def test_a_price_is_kept_exact_to_the_cent(products):
-    made = products.CreateProduct(inventory_pb.CreateProductRequest(
-        product=inventory_pb.Product(name="Pen", price="0.10", quantity=3)), metadata=_as("PRODUCT_MANAGER"))
+    made = products.CreateProduct(
+        inventory_pb.CreateProductRequest(product=inventory_pb.Product(name="Pen", price="0.10", quantity=3)),
+        metadata=_as("PRODUCT_MANAGER"),
+    )
     assert made.price == "0.10"
-    updated = products.UpdateProduct(inventory_pb.UpdateProductRequest(
-        id=made.id, product=inventory_pb.Product(price="1299.9")), metadata=_as(ADMIN))
+    updated = products.UpdateProduct(
+        inventory_pb.UpdateProductRequest(id=made.id, product=inventory_pb.Product(price="1299.9")), metadata=_as(ADMIN)
+    )
     assert (updated.price, updated.quantity, updated.name) == ("1299.90", 3, "Pen")
 
 
-@pytest.mark.parametrize("product, field, problem", [
-    (inventory_pb.Product(name="Pen", price="-1", quantity=1), "price", "negative"),
-    (inventory_pb.Product(name="Pen", price="1.001", quantity=1), "price", "two decimals"),
-    (inventory_pb.Product(name="Pen", price="1e3", quantity=1), "price", "plain decimal"),
-    (inventory_pb.Product(name="Pen", price="1", quantity=-1), "quantity", "negative"),
-    (inventory_pb.Product(name="", price="1", quantity=1), "name", ""),
-])
+@pytest.mark.parametrize(
+    "product, field, problem",
+    [
+        (inventory_pb.Product(name="Pen", price="-1", quantity=1), "price", "negative"),
+        (inventory_pb.Product(name="Pen", price="1.001", quantity=1), "price", "two decimals"),
+        (inventory_pb.Product(name="Pen", price="1e3", quantity=1), "price", "plain decimal"),
+        (inventory_pb.Product(name="Pen", price="1", quantity=-1), "quantity", "negative"),
+        (inventory_pb.Product(name="", price="1", quantity=1), "name", ""),
+    ],
+)
 def test_a_bad_product_is_refused_naming_the_field(products, product, field, problem):
     code, message = _refusal(products.CreateProduct, inventory_pb.CreateProductRequest(product=product))
     assert code == grpc.StatusCode.INVALID_ARGUMENT
@@ -196,23 +228,30 @@ def test_a_bad_product_is_refused_naming_the_field(products, product, field, pro
 
 
 def test_a_deleted_product_is_gone(products):
-    made = products.CreateProduct(inventory_pb.CreateProductRequest(
-        product=inventory_pb.Product(name="Lamp", price="20", quantity=1)), metadata=_as(ADMIN))
+    made = products.CreateProduct(
+        inventory_pb.CreateProductRequest(product=inventory_pb.Product(name="Lamp", price="20", quantity=1)),
+        metadata=_as(ADMIN),
+    )
     products.DeleteProduct(inventory_pb.DeleteProductRequest(id=made.id), metadata=_as(ADMIN))
     assert _refusal(products.GetProduct, inventory_pb.GetProductRequest(id=made.id))[0] == grpc.StatusCode.NOT_FOUND
-    assert _refusal(products.DeleteProduct, inventory_pb.DeleteProductRequest(id=made.id))[0] \
-        == grpc.StatusCode.NOT_FOUND
+    assert (
+        _refusal(products.DeleteProduct, inventory_pb.DeleteProductRequest(id=made.id))[0] == grpc.StatusCode.NOT_FOUND
+    )
 
 
 def test_stock_is_reserved_only_by_the_mesh_s_service_account(products):
-    made = products.CreateProduct(inventory_pb.CreateProductRequest(
-        product=inventory_pb.Product(name="Chair", price="5", quantity=2)), metadata=_as(ADMIN))
+    made = products.CreateProduct(
+        inventory_pb.CreateProductRequest(product=inventory_pb.Product(name="Chair", price="5", quantity=2)),
+        metadata=_as(ADMIN),
+    )
     request = inventory_pb.ReserveStockRequest(
-        reservation_id=uuid.uuid4().hex, lines=[inventory_pb.StockLine(product_id=made.id, quantity=2)])
+        reservation_id=uuid.uuid4().hex, lines=[inventory_pb.StockLine(product_id=made.id, quantity=2)]
+    )
     assert _refusal(products.ReserveStock, request, ADMIN)[0] == grpc.StatusCode.PERMISSION_DENIED
     products.ReserveStock(request, metadata=_as("MESH_SERVICE"))
     left = products.GetProduct(inventory_pb.GetProductRequest(id=made.id), metadata=_as(READER))
     assert left.quantity == 0
     again = inventory_pb.ReserveStockRequest(
-        reservation_id=uuid.uuid4().hex, lines=[inventory_pb.StockLine(product_id=made.id, quantity=1)])
+        reservation_id=uuid.uuid4().hex, lines=[inventory_pb.StockLine(product_id=made.id, quantity=1)]
+    )
     assert _refusal(products.ReserveStock, again, "MESH_SERVICE")[0] == grpc.StatusCode.FAILED_PRECONDITION

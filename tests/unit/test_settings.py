@@ -10,7 +10,11 @@ from shopmesh.runtime.settings import Settings
 def test_natively_every_part_is_reached_at_the_address_processes_bind():
     settings = Settings(_env_file=None, host="127.0.0.2")
     assert (settings.advertise_address, settings.consul_url, settings.kafka_bootstrap, settings.keycloak_url) == (
-        "127.0.0.2", "http://127.0.0.2:8500", "127.0.0.2:9092", "http://127.0.0.2:8180")
+        "127.0.0.2",
+        "http://127.0.0.2:8500",
+        "127.0.0.2:9092",
+        "http://127.0.0.2:8180",
+    )
 
 
 def test_in_a_container_parts_are_reached_by_name_and_a_process_advertises_its_own_address(monkeypatch):
@@ -22,7 +26,11 @@ def test_in_a_container_parts_are_reached_by_name_and_a_process_advertises_its_o
     monkeypatch.setattr(socket, "gethostbyname", lambda name: {"c0ffee": "172.18.0.7"}[name])
     settings = Settings()
     assert (settings.advertise_address, settings.consul_url, settings.kafka_bootstrap, settings.keycloak_url) == (
-        "172.18.0.7", "http://consul:8500", "kafka:9092", "http://keycloak:8180")
+        "172.18.0.7",
+        "http://consul:8500",
+        "kafka:9092",
+        "http://keycloak:8180",
+    )
     # Tokens still name the address users reach Keycloak at.
     assert settings.keycloak_issuer == "http://localhost:8180/realms/shopmesh"
 
