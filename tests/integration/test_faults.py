@@ -142,6 +142,15 @@ def test_bills_made_while_kafka_is_killed_and_restarted_are_each_published_once(
     assert stock.reconciled()
 
 
+def _every_check_passing(mesh) -> bool:
+    """Whether the Consul agent has run every check again (after a restart) and each passes."""
+    try:
+        checks = httpx.get(f"{mesh.consul_url}/v1/agent/checks", timeout=5).json().values()
+    except httpx.HTTPError:
+        return False
+    return bool(checks) and all(check["Status"] == "passing" for check in checks)
+
+
 def _gateway_hosts(mesh, cluster: str) -> int | None:
     """How many endpoints Envoy has for the cluster (None while its admin does not answer)."""
     try:
@@ -192,7 +201,7 @@ def test_consul_restarted_under_reads_and_bills_fails_no_request(mesh, tokens, s
             time.sleep(3)
             supervisor.rpc.startProcess("consul", True)
             wait_for(lambda: health.consul_leader(mesh) is None, 60, "Consul to be back")
-            time.sleep(6)  # the agent's checks run again and every watch resumes
+            wait_for(lambda: _every_check_passing(mesh), 120, "every check in Consul to pass again")
         stop.set()
         for thread in threads:
             thread.join(60)
@@ -282,14 +291,7 @@ def _outbox_publisher(mesh) -> tuple[str, str]:
 
 def test_bills_made_on_every_billing_instance_are_published_once_even_when_the_publisher_is_killed(mesh, tokens, stock):
     # The faults before this one restart Consul: its checks must have run again before bills are made.
-    wait_for(
-        lambda: all(
-            check["Status"] == "passing"
-            for check in httpx.get(f"{mesh.consul_url}/v1/agent/checks", timeout=5).json().values()
-        ),
-        120,
-        "every check in Consul to pass again",
-    )
+    wait_for(lambda: _every_check_passing(mesh), 120, "every check in Consul to pass again")
     scaled = len(instances.instance_programs(mesh, "billing")) < 2
     if scaled:  # a one-core machine runs one process per service: this test wants two
         assert shopmesh("scale", "billing-service", "2").returncode == 0
