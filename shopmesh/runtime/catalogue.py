@@ -44,6 +44,9 @@ class ServicePart:
     routed: bool = True  #: whether the gateway routes and transcodes its REST API
     #: RPC name prefixes that only read: the gateway retries them on another instance.
     read_prefixes: tuple[str, ...] = field(default=("List", "Get"))
+    #: Server-streaming RPCs: the gateway gives them no timeout and no retry, and sends them to a browser as
+    #: server-sent events.
+    stream_rpcs: tuple[str, ...] = ()
 
     @property
     def consul_name(self) -> str:
@@ -94,6 +97,20 @@ SERVICES: tuple[ServicePart, ...] = (
         50053,
         permissions=_rpcs("ListBills", "GetBill", "CreateBill", roles=frozenset({BILLING_MANAGER, ADMIN})),
         depends_on=("customer", "inventory"),
+    ),
+    # The totals are the shop's takings: for those who see the bills.
+    ServicePart(
+        "analytics",
+        "shopmesh.analytics.v1.AnalyticsService",
+        50054,
+        permissions=_rpcs(
+            "ListWindowTotals",
+            "WatchWindowTotals",
+            "ListCustomerTotals",
+            "WatchCustomerTotals",
+            roles=frozenset({BILLING_MANAGER, ADMIN}),
+        ),
+        stream_rpcs=("WatchWindowTotals", "WatchCustomerTotals"),
     ),
 )
 

@@ -111,6 +111,11 @@ class Settings(BaseSettings):
     keycloak_admin_password: str = "admin-dev-only"
     # Development default of the shopmesh-services client's secret (keycloak/shopmesh-realm.json).
     services_client_secret: str = "shopmesh-services-dev-secret"
+    # Development defaults of the web console's client secret (keycloak/shopmesh-realm.json, applied to the realm
+    # on every start) and of the key Envoy signs and encrypts its session cookies with: override both outside a
+    # laptop (SHOPMESH_CONSOLE_CLIENT_SECRET, SHOPMESH_CONSOLE_HMAC_SECRET).
+    console_client_secret: str = "shopmesh-console-dev-secret"
+    console_hmac_secret: str = "shopmesh-console-hmac-dev-only"
 
     @field_validator("service_ports", "database_urls")
     @classmethod

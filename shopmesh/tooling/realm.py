@@ -49,6 +49,24 @@ def admin(settings: Settings) -> KeycloakAdmin:
     )
 
 
+CONSOLE_CLIENT = "shopmesh-console"
+
+
+def _for_this_mesh(client: dict, settings: Settings) -> dict:
+    """The web console's client as this mesh needs it: its secret from the settings, and its redirect URIs on this
+    gateway's port (the file names the contract's, 8080)."""
+    if client["clientId"] != CONSOLE_CLIENT:
+        return client
+    roots = [f"http://{host}:{settings.gateway_port}/" for host in ("localhost", "127.0.0.1")]
+    return {
+        **client,
+        "secret": settings.console_client_secret,
+        "redirectUris": [f"{root}callback" for root in roots],
+        # Where Keycloak may send the browser back to after signing out (/signout): the console.
+        "attributes": {**client.get("attributes", {}), "post.logout.redirect.uris": "##".join(roots)},
+    }
+
+
 def apply(settings: Settings, realm_spec: dict | None = None) -> list[str]:
     """Bring the running realm in line with the file; return what was changed."""
     realm_spec = realm_spec or spec()
@@ -67,6 +85,7 @@ def apply(settings: Settings, realm_spec: dict | None = None) -> list[str]:
             changes.append(f"role {role['name']}")
 
     for client in realm_spec["clients"]:
+        client = _for_this_mesh(client, settings)
         client_id = keycloak.get_client_id(client["clientId"])
         if client_id is None:
             keycloak.create_client(client)

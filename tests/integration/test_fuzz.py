@@ -15,15 +15,19 @@ from schemathesis.specs.openapi.checks import (
 
 from shopmesh.tooling.codegen import OPENAPI
 
-schema = schemathesis.openapi.from_path(OPENAPI)
+described = schemathesis.openapi.from_path(OPENAPI)
+#: The streams (…:watch) run until the caller leaves: a generated request would wait for ever. They are tested on
+#: their own (tests/unit/test_services_in_process.py, test_browser.py).
+schema = described.exclude(path_regex=r":watch$")
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
-#: Generated requests per operation: with 13 operations, about a minute against the mesh.
+#: Generated requests per operation: with 15 operations, about a minute against the mesh.
 EXAMPLES = 60
 
 
-def test_the_description_covers_all_13_operations():
-    operations = [result.ok() for result in schema.get_all_operations()]
-    assert len(operations) == 13
+def test_the_description_covers_all_17_operations_of_which_15_are_fuzzed():
+    assert len([result.ok() for result in described.get_all_operations()]) == 17
+    fuzzed = [result.ok() for result in schema.get_all_operations()]
+    assert len(fuzzed) == 15 and not any(operation.path.endswith(":watch") for operation in fuzzed)
 
 
 @schema.parametrize()

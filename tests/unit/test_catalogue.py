@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import importlib
+import json
 import re
 from pathlib import Path
 
@@ -53,7 +54,7 @@ def test_one_service_port_is_moved_by_its_own_variable(monkeypatch):
     monkeypatch.setenv("SHOPMESH_SERVICE_PORTS__BILLING", "50063")
     monkeypatch.setenv("SHOPMESH_DATABASE_URLS__INVENTORY", "postgresql+psycopg://localhost/inventory")
     settings = Settings()
-    assert settings.service_ports == {"customer": 50051, "inventory": 50052, "billing": 50063}
+    assert settings.service_ports == {"customer": 50051, "inventory": 50052, "billing": 50063, "analytics": 50054}
     assert settings.database_url("inventory") == "postgresql+psycopg://localhost/inventory"
     assert settings.database_url("customer").startswith("sqlite:///")
 
@@ -91,6 +92,9 @@ def test_the_gateway_routes_each_rpc_to_its_service_reads_and_writes_with_their_
                 assert route["direct_response"]["status"] == 404, rpc
                 continue
             assert route["route"]["cluster"] == service.consul_name
+            if rpc in service.stream_rpcs:  # runs until the caller leaves: no timeout, no retry
+                assert route["route"] == {"cluster": service.consul_name, "timeout": "0s"}, rpc
+                continue
             reads = rpc.startswith(service.read_prefixes)
             assert route["route"]["retry_policy"] is (gateway.READ_RETRIES if reads else gateway.WRITE_RETRIES), rpc
     assert _route_for("/shopmesh.payment.v1.PaymentService/Pay")["direct_response"]["status"] == 404
@@ -137,3 +141,32 @@ def test_nothing_the_processes_run_imports_the_operator_s_tooling(folder):
         for path in (PROJECT_ROOT / folder).rglob("*.py")
     }
     assert {path: names for path, names in offenders.items() if names} == {}
+
+
+def test_the_console_s_files_are_served_at_their_names_with_a_strict_content_security_policy(tmp_path):
+    (tmp_path / "index.html").write_text("<!doctype html>")
+    (tmp_path / "app.js").write_text("'use strict';")
+    (tmp_path / "notes.txt").write_text("not served")
+    served = {route["match"]["path"]: route for route in gateway.console_routes(tmp_path)}
+    assert set(served) == {"/", "/index.html", "/app.js", "/favicon.ico", "/permissions.json"}
+    assert served["/"]["direct_response"]["body"]["inline_string"] == "<!doctype html>"
+    headers = {h["header"]["key"]: h["header"]["value"] for h in served["/app.js"]["response_headers_to_add"]}
+    assert headers["content-type"].startswith("text/javascript")
+    assert "script-src 'self'" in headers["content-security-policy"]
+    table = json.loads(served["/permissions.json"]["direct_response"]["body"]["inline_string"])
+    assert table["shopmesh.analytics.v1.AnalyticsService/WatchWindowTotals"] == ["ADMIN", "BILLING_MANAGER"]
+
+
+def test_the_console_s_secrets_are_files_of_their_owner_only(tmp_path, monkeypatch):
+    monkeypatch.setenv("SHOPMESH_CONSOLE_HMAC_SECRET", "a-long-random-key")
+    folder = gateway.write_secrets(Settings(), tmp_path / "secrets")
+    assert folder.stat().st_mode & 0o777 == 0o700
+    files = {path.name: path for path in folder.iterdir()}
+    assert {name: path.stat().st_mode & 0o777 for name, path in files.items()} == {
+        "console-client-secret.yaml": 0o600,
+        "console-hmac-secret.yaml": 0o600,
+    }
+    [secret] = json.loads(files["console-hmac-secret.yaml"].read_text())["resources"]
+    assert secret["generic_secret"]["secret"]["inline_string"] == "a-long-random-key"
+    bootstrap = gateway.write_bootstrap(Settings(var_dir=tmp_path), tmp_path / "envoy").read_text()
+    assert "a-long-random-key" not in bootstrap and "shopmesh-console-dev-secret" not in bootstrap

@@ -36,13 +36,14 @@ def test_the_table(method, roles, expected):
 
 
 def test_every_public_rpc_of_the_protos_is_in_the_table():
+    from shopmesh.analytics.v1 import analytics_service_pb2
     from shopmesh.billing.v1 import billing_service_pb2
     from shopmesh.customer.v1 import customer_service_pb2
     from shopmesh.inventory.v1 import inventory_service_pb2
 
     methods = {
         f"/{service.full_name}/{method.name}"
-        for module in (customer_service_pb2, inventory_service_pb2, billing_service_pb2)
+        for module in (customer_service_pb2, inventory_service_pb2, billing_service_pb2, analytics_service_pb2)
         for service in module.DESCRIPTOR.services_by_name.values()
         for method in service.methods
     }

@@ -6,7 +6,9 @@ in seconds; tests/integration keeps what needs Consul, Keycloak, Envoy or Kafka.
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -16,14 +18,18 @@ import jwt
 import pytest
 from google.protobuf import field_mask_pb2
 
+from services.analytics.service import AnalyticsService
+from services.analytics.totals import Totals
 from services.customer.service import SERVICE as CUSTOMER
 from services.inventory.service import SERVICE as INVENTORY
 from services.seeds import CUSTOMERS, PRODUCTS
+from shopmesh.analytics.v1 import analytics_service_pb2 as analytics_pb
+from shopmesh.analytics.v1 import analytics_service_pb2_grpc as analytics_grpc
 from shopmesh.customer.v1 import customer_service_pb2 as customer_pb
 from shopmesh.customer.v1 import customer_service_pb2_grpc as customer_grpc
 from shopmesh.inventory.v1 import inventory_service_pb2 as inventory_pb
 from shopmesh.inventory.v1 import inventory_service_pb2_grpc as inventory_grpc
-from shopmesh.runtime import server
+from shopmesh.runtime import catalogue, server
 from shopmesh.runtime.settings import Settings
 
 ADMIN, READER = "USER,ADMIN", "USER"
@@ -39,8 +45,8 @@ class RolesInToken:
 
 
 @contextmanager
-def serving(service: server.Service, tmp_path) -> Iterator[grpc.Channel]:
-    """The service on a grpc.aio server in a thread of its own; yields a channel to it."""
+def serving(service: server.Service, tmp_path) -> Iterator[tuple[grpc.Channel, asyncio.AbstractEventLoop]]:
+    """The service on a grpc.aio server in a thread of its own; yields a channel to it, and the server's loop."""
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()
@@ -48,7 +54,7 @@ def serving(service: server.Service, tmp_path) -> Iterator[grpc.Channel]:
     running = asyncio.run_coroutine_threadsafe(server.start(service, settings, RolesInToken()), loop).result(30)
     channel = grpc.insecure_channel(f"{settings.host}:{running.port}")
     try:
-        yield channel
+        yield channel, loop
     finally:
         channel.close()
         asyncio.run_coroutine_threadsafe(running.stop(grace=0), loop).result(30)
@@ -69,13 +75,13 @@ def _refusal(call, request, token: str | None = ADMIN) -> tuple[grpc.StatusCode,
 
 @pytest.fixture
 def customers(tmp_path) -> Iterator[customer_grpc.CustomerServiceStub]:
-    with serving(CUSTOMER, tmp_path) as channel:
+    with serving(CUSTOMER, tmp_path) as (channel, _):
         yield customer_grpc.CustomerServiceStub(channel)
 
 
 @pytest.fixture
 def products(tmp_path) -> Iterator[inventory_grpc.InventoryServiceStub]:
-    with serving(INVENTORY, tmp_path) as channel:
+    with serving(INVENTORY, tmp_path) as (channel, _):
         yield inventory_grpc.InventoryServiceStub(channel)
 
 
@@ -255,3 +261,78 @@ def test_stock_is_reserved_only_by_the_mesh_s_service_account(products):
         reservation_id=uuid.uuid4().hex, lines=[inventory_pb.StockLine(product_id=made.id, quantity=1)]
     )
     assert _refusal(products.ReserveStock, again, "MESH_SERVICE")[0] == grpc.StatusCode.FAILED_PRECONDITION
+
+
+# --- analytics --------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def analytics(tmp_path):
+    """The analytics servicer over totals the test feeds (the Kafka reader is the real-mesh tier's)."""
+    totals = Totals()
+
+    async def attach(grpc_server, settings, status_checks):
+        analytics_grpc.add_AnalyticsServiceServicer_to_server(AnalyticsService(totals), grpc_server)
+
+    part = catalogue.part("analytics")
+    with serving(server.Service(part.consul_name, part.grpc_service, attach, lambda _: 0), tmp_path) as (
+        channel,
+        loop,
+    ):
+
+        def feed(add, record: dict) -> None:
+            loop.call_soon_threadsafe(add, json.dumps(record).encode())
+
+        yield totals, analytics_grpc.AnalyticsServiceStub(channel), feed
+
+
+def _window(second: int, total: str = "1.00") -> dict:
+    start = f"2026-11-28T23:00:{second:02d}.000Z"
+    return {"window_start": start, "window_end": start, "total": total, "count": 1}
+
+
+def test_the_latest_windows_are_listed_oldest_first(analytics):
+    totals, stub, feed = analytics
+    for second in (10, 0, 5):
+        feed(totals.add_window, _window(second))
+    feed(totals.add_window, {"not": "a window"})  # skipped, logged
+    listed = wait_until(
+        lambda: (
+            stub.ListWindowTotals(
+                analytics_pb.ListWindowTotalsRequest(limit=2), metadata=_as("BILLING_MANAGER")
+            ).windows
+        ),
+        2,
+    )
+    assert [w.window_start[17:19] for w in listed] == ["05", "10"]
+    code, message = _refusal(stub.ListWindowTotals, analytics_pb.ListWindowTotalsRequest(limit=721))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "limit" in message
+
+
+def test_a_watch_sends_the_current_totals_then_each_change(analytics):
+    totals, stub, feed = analytics
+    feed(totals.add_customer, {"customer_name": "Imane", "total": "1.00", "count": 1, "updated_at": "t"})
+    wait_until(lambda: totals.customers, 1)
+    stream = stub.WatchCustomerTotals(analytics_pb.WatchCustomerTotalsRequest(), metadata=_as("ADMIN"), timeout=10)
+    assert next(stream).total == "1.00"
+    feed(totals.add_customer, {"customer_name": "Imane", "total": "3.50", "count": 2, "updated_at": "t"})
+    assert (lambda change: (change.customer_name, change.total, change.count))(next(stream)) == ("Imane", "3.50", 2)
+    stream.cancel()
+    wait_until(lambda: not totals.customer_watchers, True)
+
+
+def test_only_those_who_see_the_bills_may_watch_the_totals(analytics):
+    _, stub, _ = analytics
+    stream = stub.WatchWindowTotals(analytics_pb.WatchWindowTotalsRequest(), metadata=_as("USER,PRODUCT_MANAGER"))
+    with pytest.raises(grpc.RpcError) as refused:
+        next(stream)
+    assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+
+def wait_until(condition, truthy, seconds: float = 10):
+    """Poll condition until it answers something true (the feed reaches the server's loop a moment later)."""
+    deadline = time.monotonic() + seconds
+    while not (result := condition()):
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+    return result

@@ -1,0 +1,4 @@
+from services.analytics.service import SERVICE
+from shopmesh.runtime.server import main
+
+main(SERVICE)
