@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run up down status logs watch install test unit lint lock clean
+.PHONY: run up down status logs watch install test unit lint lock walkthrough-images clean
 
 # Every Python package comes from a lock file, each checked against its hash: requirements.lock holds what the mesh
 # runs (the Docker image installs it), requirements-dev.lock adds the tests' and checks' tools within the same
@@ -58,6 +58,11 @@ LOCK := $(BIN)/uv pip compile pyproject.toml --generate-hashes --python-version 
 lock: $(STAMP)
 	$(LOCK) --extra postgres -o requirements.lock
 	$(LOCK) --all-extras -c requirements.lock -o requirements-dev.lock
+
+# The walkthrough's screenshots (docs/images/), taken by the browser test on the suite's own mesh.
+walkthrough-images: install
+	$(BIN)/pytest tests/integration/test_browser.py
+	mkdir -p docs/images && cp var/test/screenshots/*.png docs/images/
 
 clean: down
 	rm -rf var

@@ -25,8 +25,10 @@ USERS = {
 }
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
+    """Chromium for this module's tests only: Playwright's sync API keeps an event loop running in this thread while
+    it is open, which later tests' asyncio.run() would trip over."""
     install.ensure_tools({"chromium": "chromium"})
     with sync_playwright() as playwright:
         # As root (CI here) Chromium's sandbox cannot start; the pages are the console's own.

@@ -267,3 +267,29 @@ def test_envoy_resubscribes_after_a_control_plane_restart(mesh, tmp_path):
         )
     finally:
         late.stop()
+
+
+def test_the_analytics_stream_is_native_grpc_through_the_gateway_too(mesh, tokens):
+    """The same RPC the browser reads as server-sent events, called by grpcurl: the latest windows, then more."""
+    called = shopmesh(
+        "grpcurl",
+        "-plaintext",
+        "-H",
+        f"authorization: Bearer {tokens('billing-manager')}",
+        "-protoset",
+        str(DESCRIPTOR_SET),
+        "-max-time",
+        "12",
+        "-d",
+        '{"limit": 2}',
+        f"{mesh.host}:{mesh.gateway_port}",
+        "shopmesh.analytics.v1.AnalyticsService/WatchWindowTotals",
+    )
+    assert "DeadlineExceeded" in called.stderr, called.stderr  # the stream only ends when the caller leaves
+    decoder, text, windows = json.JSONDecoder(), called.stdout.strip(), []
+    while text:
+        window, end = decoder.raw_decode(text)
+        windows.append(window)
+        text = text[end:].strip()
+    starts = [window["windowStart"] for window in windows]
+    assert len(starts) >= 3 and starts == sorted(set(starts)), starts  # two sent first, then one closing after
