@@ -176,6 +176,21 @@ def test_after_sign_in_the_api_s_json_shows_in_the_browser(browser, mesh):
     page.context.close()
 
 
+def test_the_session_is_renewed_with_the_refresh_token_without_signing_in_again(browser, mesh):
+    page = signed_in(browser, mesh, "user1")
+    first = _cookie(page, "BearerToken")
+    page.wait_for_timeout(65_000)  # the console client's access tokens live 60 s (keycloak/shopmesh-realm.json)
+    page.reload()
+    expect(page.get_by_test_id("customers-table")).to_be_visible(timeout=30_000)
+    assert page.url.startswith(mesh.gateway_url), page.url  # no trip to the sign-in page
+    assert _cookie(page, "BearerToken") not in (None, first)
+    page.context.close()
+
+
+def _cookie(page: Page, name: str) -> str | None:
+    return next((cookie["value"] for cookie in page.context.cookies() if cookie["name"] == name), None)
+
+
 def test_sign_out_ends_the_session_and_a_forged_cookie_is_refused(browser, mesh):
     page = signed_in(browser, mesh, "user1")
     page.click("#signout")
