@@ -36,6 +36,7 @@ OPENAPI_VERSION = "0.7.1"
 GHZ_VERSION = "0.120.0"  # Go module proxy: gRPC load of the benchmarks
 VEGETA_VERSION = "12.13.0"  # Go module proxy: HTTP load of the benchmarks, closed loop and constant rate
 DOCKERFILE_UTILS_VERSION = "0.16.3"  # npm: the Dockerfile linter of the tests
+GECKODRIVER_VERSION = "0.37.1"  # crates.io: drives Debian's Firefox ESR in the browser tests
 
 
 class InstallError(RuntimeError):
@@ -387,6 +388,25 @@ def go_tool(
     return Component(name, version, build, verify)
 
 
+def cargo_tool(name: str, crate: str, version: str, version_flag: str) -> Component:
+    """A command built from crates.io with the machine's cargo, from the crate's own Cargo.lock (--locked);
+    `name version_flag` must report the version."""
+
+    def build(staging: Path) -> None:
+        run_step(
+            f"{name} {version}: building from crates.io with cargo (a few minutes on 2 cores)",
+            ["cargo", "install", "--locked", "--root", str(staging), "--version", version, crate],
+        )
+
+    def verify(home: Path) -> str:
+        reported = run_step(f"{name}: checking {name} {version_flag}", [str(home / "bin" / name), version_flag])
+        if version not in reported:
+            raise InstallError(f"{name} {version_flag} does not report {version}: {reported.strip()[:200]}")
+        return reported.splitlines()[0]
+
+    return Component(name, version, build, verify)
+
+
 def npm_tool(name: str, package: str, version: str) -> Component:
     """A command from the npm registry, installed with the machine's npm; `name -v` must report the version."""
 
@@ -467,6 +487,7 @@ def ensure_tools(tools: dict[str, str] = DEBIAN_TOOLS) -> None:
 
 #: Tools of the test suite only, installed by the tests that use them.
 DOCKERFILE_LINTER = npm_tool("dockerfile-utils", "dockerfile-utils", DOCKERFILE_UTILS_VERSION)
+GECKODRIVER = cargo_tool("geckodriver", "geckodriver", GECKODRIVER_VERSION, "--version")
 #: Tools of the benchmarks only, installed by bench/ when it first runs.
 BENCH_TOOLS = {
     "ghz": go_tool("ghz", "github.com/bojand/ghz/cmd/ghz", GHZ_VERSION, "--version"),
