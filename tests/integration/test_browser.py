@@ -187,6 +187,22 @@ def test_the_session_is_renewed_with_the_refresh_token_without_signing_in_again(
     page.context.close()
 
 
+def test_a_stale_session_cookie_is_refused_after_sign_out(browser, mesh):
+    page = signed_in(browser, mesh, "user1")
+    kept = page.context.cookies()
+    page.click("#signout")
+    expect(page.locator("#username")).to_be_visible(timeout=30_000)  # signed out: back at the sign-in page
+    page.wait_for_timeout(65_000)  # the kept access token has expired; its session at Keycloak ended at sign-out
+    context = browser.new_context()
+    context.add_cookies(kept)
+    replay = context.new_page()
+    answer = replay.goto(f"{mesh.gateway_url}/")
+    assert replay.get_by_test_id("user").count() == 0 or replay.get_by_test_id("user").inner_text() == ""
+    assert replay.locator("#username").is_visible() or (answer is not None and answer.status == 401), replay.url
+    context.close()
+    page.context.close()
+
+
 def _cookie(page: Page, name: str) -> str | None:
     return next((cookie["value"] for cookie in page.context.cookies() if cookie["name"] == name), None)
 
