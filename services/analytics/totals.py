@@ -7,11 +7,14 @@ import asyncio
 import json
 import logging
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from shopmesh.analytics.v1 import analytics_service_pb2 as pb
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 #: Windows kept: an hour of 5-second windows.
 MAX_WINDOWS = 720
@@ -50,16 +53,14 @@ class Totals:
 
     def add_window(self, raw: bytes) -> None:
         """A record of FACTURATION_TOTAL_5S; one that is not such a record is logged and skipped."""
-        try:
-            record = json.loads(raw)
-            window = pb.WindowTotal(
-                window_start=record["window_start"],
-                window_end=record["window_end"],
-                total=record["total"],
-                count=record["count"],
-            )
-        except (ValueError, KeyError, TypeError) as error:
-            log.warning("skipped a record that is not a window total (%s): %.200r", error, raw)
+        window = _record(
+            raw,
+            "window total",
+            lambda r: pb.WindowTotal(
+                window_start=r["window_start"], window_end=r["window_end"], total=r["total"], count=r["count"]
+            ),
+        )
+        if window is None:
             return
         self.windows[window.window_start] = window
         self.windows.move_to_end(window.window_start)
@@ -71,16 +72,14 @@ class Totals:
 
     def add_customer(self, raw: bytes) -> None:
         """A record of FACTURATION_TOTAL_BY_CUSTOMER: the customer's latest total."""
-        try:
-            record = json.loads(raw)
-            total = pb.CustomerTotal(
-                customer_name=record["customer_name"],
-                total=record["total"],
-                count=record["count"],
-                updated_at=record["updated_at"],
-            )
-        except (ValueError, KeyError, TypeError) as error:
-            log.warning("skipped a record that is not a customer total (%s): %.200r", error, raw)
+        total = _record(
+            raw,
+            "customer total",
+            lambda r: pb.CustomerTotal(
+                customer_name=r["customer_name"], total=r["total"], count=r["count"], updated_at=r["updated_at"]
+            ),
+        )
+        if total is None:
             return
         self.customers[total.customer_name] = total
         for watcher in self.customer_watchers:
@@ -92,3 +91,12 @@ class Totals:
 
     def all_customers(self) -> list[pb.CustomerTotal]:
         return [self.customers[name] for name in sorted(self.customers)]
+
+
+def _record(raw: bytes, kind: str, build: Callable[[dict], T]) -> T | None:
+    """The message build makes of a JSON record, or None (logged) when the record is not one."""
+    try:
+        return build(json.loads(raw))
+    except (ValueError, KeyError, TypeError) as error:
+        log.warning("skipped a record that is not a %s (%s): %.200r", kind, error, raw)
+        return None

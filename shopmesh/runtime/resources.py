@@ -101,13 +101,13 @@ def page(
     page_token: str,
     descending: bool = False,
     key_type: type = str,
-) -> tuple[list[Row], str]:
+) -> tuple[Sequence[Row], str]:
     """One page of query's rows ordered by key, and the token of the next page ('' on the last)."""
     size = paging.page_size(page_size)
     after = paging.decode_token(page_token, key_type)
     if after is not None:
         query = query.where(key < after if descending else key > after)
-    rows = list(connection.execute(query.order_by(key.desc() if descending else key).limit(size + 1)).all())
+    rows = connection.execute(query.order_by(key.desc() if descending else key).limit(size + 1)).all()
     if len(rows) <= size:
         return rows, ""
     rows = rows[:size]

@@ -106,17 +106,18 @@ def console_routes(web: Path = WEB) -> list[dict]:
     return found
 
 
-def token_rules() -> list[dict]:
+def token_rules(console: list[dict] | None = None) -> list[dict]:
     """jwt_authn's rules: the console's files are public, everything else needs a valid token."""
-    public = [{"match": {"path": route["match"]["path"]}} for route in console_routes()]
+    console = console_routes() if console is None else console
+    public = [{"match": {"path": route["match"]["path"]}} for route in console]
     return [*public, {"match": {"prefix": "/"}, "requires": {"provider_name": "keycloak"}}]
 
 
-def routes(services: tuple[catalogue.ServicePart, ...] | None = None) -> list[dict]:
+def routes(services: tuple[catalogue.ServicePart, ...] | None = None, console: list[dict] | None = None) -> list[dict]:
     """The gateway's routes: the web console's files; then on the gRPC path, from the catalogue: internal RPCs are
     not reachable through the gateway; each routed service's streams, reads, then writes; anything else is 404."""
     services = catalogue.routed() if services is None else services
-    found: list[dict] = console_routes()
+    found: list[dict] = console_routes() if console is None else list(console)
     for service in services:
         escaped = re.escape(service.method_prefix)
         if service.internal_rpcs:
@@ -148,6 +149,7 @@ def write_bootstrap(settings: Settings, folder: Path) -> Path:
     shutil.copyfile(codegen.DESCRIPTOR_SET, descriptor_set)
     bootstrap = folder / "bootstrap.yaml"
     secrets = write_secrets(settings, folder / "secrets")
+    console = console_routes()  # the web console's files, read once for the routes and the token rules
     bootstrap.write_text(
         string.Template(TEMPLATE.read_text()).substitute(
             host=settings.host,
@@ -160,10 +162,10 @@ def write_bootstrap(settings: Settings, folder: Path) -> Path:
             issuer=settings.keycloak_issuer,
             descriptor_set=descriptor_set,
             rbac_policies=json.dumps(permissions.rbac_policies()),
-            routes=json.dumps(routes()),
+            routes=json.dumps(routes(console=console)),
             transcoded_services=json.dumps([service.grpc_service for service in catalogue.routed()]),
             secrets=secrets,
-            token_rules=json.dumps(token_rules()),
+            token_rules=json.dumps(token_rules(console)),
         )
     )
     return bootstrap

@@ -179,7 +179,6 @@ CONSUL_BUILD_DATE = "2023-08-05T21:56:29Z"
 GO_CHECKSUMS = {
     "GOSUMDB": "sum.golang.org",
     "GONOSUMDB": "",
-    "GONOSUMCHECK": "",
     "GOFLAGS": "-mod=readonly",
     "GOINSECURE": "",
     "GOPRIVATE": "",
