@@ -27,3 +27,10 @@ performance {
   # server elects itself in about a second instead of several.
   raft_multiplier = 1
 }
+
+telemetry {
+  # The agent's metrics in Prometheus's format at /v1/agent/metrics?format=prometheus (Prometheus finds the agents
+  # as the consul service). Without a retention time Consul serves no Prometheus metrics at all.
+  prometheus_retention_time = "1m"
+  disable_hostname          = true
+}

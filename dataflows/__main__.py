@@ -11,6 +11,7 @@ import logging
 import shutil
 import signal
 import threading
+import time
 from datetime import timedelta
 from enum import StrEnum
 from pathlib import Path
@@ -19,12 +20,25 @@ import typer
 from bytewax.errors import BytewaxRuntimeError
 from bytewax.recovery import RecoveryConfig, init_db_dir
 from bytewax.run import cli_main
+from prometheus_client import Gauge
 
 from dataflows import CONSUL_NAMES, service_id, totals_5s, totals_by_customer
+from shopmesh.runtime import metrics
 from shopmesh.runtime.discovery import Registration
 from shopmesh.runtime.settings import Settings, load
 
 log = logging.getLogger("dataflows")
+
+SNAPSHOT_AGE = Gauge(
+    "shopmesh_dataflow_last_snapshot_age_seconds",
+    "Time since the dataflow last wrote its recovery store (a snapshot every analytics_snapshot_seconds).",
+    ("dataflow",),
+)
+
+
+def _snapshot_age(store: Path) -> float:
+    written = [path.stat().st_mtime for path in store.iterdir() if path.is_file()]
+    return time.time() - max(written) if written else float("nan")
 
 
 class Name(StrEnum):
@@ -71,6 +85,8 @@ def main(name: Name) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = load()
     store = recovery_store(name, settings)
+    SNAPSHOT_AGE.labels(name.value).set_function(lambda: _snapshot_age(store))
+    announced = metrics.serve(settings.host, settings.metrics_port)
     registration = Registration(
         settings,
         CONSUL_NAMES[name.value],
@@ -78,6 +94,7 @@ def main(name: Name) -> None:
         tags=("bytewax", "kafka"),
         ttl="10s",
         service_id=service_id(name.value, settings),
+        meta=announced,
     )
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, _stop)

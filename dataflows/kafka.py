@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
@@ -14,14 +15,49 @@ from bytewax.connectors.kafka import KafkaSinkMessage, KafkaSourceMessage
 from bytewax.dataflow import Dataflow, Stream
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
+from prometheus_client import Counter, Gauge
 
 from dataflows.totals import dead_letter, dead_letter_key
-from shopmesh.runtime.invoices import BadInvoice, Invoice, parse
+from shopmesh.runtime.invoices import BadInvoice, Invoice, parse, reason_kind
 from shopmesh.runtime.settings import Settings
 
 log = logging.getLogger(__name__)
 
 Message = KafkaSourceMessage[bytes | None, bytes | None]
+
+# "dataflow" is the dataflow's name (totals_5s, totals_by_customer); Bytewax itself reports the consumer lag of
+# each input partition as bytewax_kafka_consumer_lag.
+EVENTS_READ = Counter("shopmesh_dataflow_events_read", "Messages read from the invoice topic.", ("dataflow",))
+DEAD_LETTERS = Counter(
+    "shopmesh_dataflow_dead_letters",
+    "Messages sent to the dead-letter topic, by kind of reason.",
+    ("dataflow", "reason"),
+)
+EVENT_TIME_LAG = Gauge(
+    "shopmesh_dataflow_event_time_lag_seconds",
+    "Now minus the latest issued_at of the invoices counted (0 before the first).",
+    ("dataflow",),
+)
+#: dataflow -> the latest issued_at counted, in seconds since the epoch.
+_latest: dict[str, float] = {}
+#: How often librdkafka reports its statistics, from which Bytewax tells the consumer lag.
+STATISTICS_MS = "5000"
+
+
+def dead_lettered(dataflow: str, reason: str) -> None:
+    DEAD_LETTERS.labels(dataflow, reason_kind(reason)).inc()
+
+
+def counted(dataflow: str, invoice: Invoice) -> None:
+    """An invoice counted: its issued_at moves the dataflow's event time forward."""
+    moment = invoice.issued_at.timestamp()
+    if moment > _latest.get(dataflow, 0.0):
+        _latest[dataflow] = moment
+
+
+def _lag(dataflow: str) -> float:
+    latest = _latest.get(dataflow)
+    return time.time() - latest if latest is not None else 0.0
 
 
 @dataclass(frozen=True)
@@ -48,7 +84,11 @@ class Edges:
 def kafka_edges(settings: Settings) -> Edges:
     def read(flow: Dataflow) -> Stream[Message]:
         consumed = kop.input(
-            "read invoices", flow, brokers=[settings.kafka_bootstrap], topics=[settings.facturation_topic]
+            "read invoices",
+            flow,
+            brokers=[settings.kafka_bootstrap],
+            topics=[settings.facturation_topic],
+            add_config={"statistics.interval.ms": STATISTICS_MS},
         )
         # A consumer error (a broker away, say) is no message: it is logged; librdkafka reconnects by itself.
         op.inspect("consumer errors", consumed.errs, lambda _step, error: log.warning("kafka: %s", error.err.str()))
@@ -72,7 +112,9 @@ def invoices(flow: Dataflow, settings: Settings, edges: Edges, report_unreadable
     """The valid invoices of the input topic. The others go to the dead-letter topic with their reason when
     report_unreadable: both dataflows read every message, and one of them reporting it is enough."""
     max_skew = timedelta(seconds=settings.analytics_future_seconds)
-    checked = op.map("parse", edges.read(flow), lambda message: _check(message, max_skew))
+    name = flow.flow_id
+    EVENT_TIME_LAG.labels(name).set_function(lambda: _lag(name))
+    checked = op.map("parse", edges.read(flow), lambda message: _check(name, message, max_skew, report_unreadable))
     valid = op.branch("valid?", checked, _is_received)
     if report_unreadable:
         # What is not a Received is the dead letter _check made of it.
@@ -84,10 +126,13 @@ def _is_received(item: Received | KafkaSinkMessage) -> TypeGuard[Received]:
     return isinstance(item, Received)
 
 
-def _check(message: Message, max_skew: timedelta) -> Received | KafkaSinkMessage:
+def _check(dataflow: str, message: Message, max_skew: timedelta, reported: bool) -> Received | KafkaSinkMessage:
+    EVENTS_READ.labels(dataflow).inc()
     try:
         return Received(parse(message.value or b"", max_skew=max_skew), message)
     except BadInvoice as reason:
+        if reported:
+            dead_lettered(dataflow, str(reason))
         return to_dead_letter(str(reason), message)
 
 

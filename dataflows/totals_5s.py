@@ -12,6 +12,7 @@ import bytewax.operators as op
 from bytewax.connectors.kafka import KafkaSinkMessage
 from bytewax.dataflow import Dataflow
 from bytewax.operators.windowing import fold_window
+from prometheus_client import Counter
 
 from dataflows import kafka
 from dataflows.totals import EPOCH, WINDOW, WindowSum, window_start, window_total
@@ -19,12 +20,14 @@ from dataflows.windowing import KeptTumblingWindower, PartitionedEventClock
 from shopmesh.runtime.invoices import iso_millis
 from shopmesh.runtime.settings import Settings, load
 
+NAME = "totals_5s"
+
 
 def flow(settings: Settings | None = None, edges: kafka.Edges | None = None) -> Dataflow:
     settings = settings or load()
     edges = edges or kafka.kafka_edges(settings)
     late_after = timedelta(seconds=settings.analytics_late_seconds)
-    flow = Dataflow("totals_5s")
+    flow = Dataflow(NAME)
     received = kafka.invoices(flow, settings, edges, report_unreadable=False)  # totals_by_customer reports them
     # One key: every window totals all customers.
     everything = op.key_on("all customers", received, lambda _: "all")
@@ -42,15 +45,28 @@ def flow(settings: Settings | None = None, edges: kafka.Edges | None = None) -> 
         clock,
         KeptTumblingWindower(WINDOW, align_to=EPOCH),
         WindowSum,
-        lambda window, item: window.add(item.invoice),
+        _add,
         WindowSum.merge,
         ordered=False,
     )
     closed = op.map("window totals", windows.down, _record)
     edges.write("write totals", closed, settings.total_5s_topic)
-    late = op.map("late invoices", windows.late, lambda keyed: kafka.to_dead_letter("late", keyed[1][1].message))
+    late = op.map("late invoices", windows.late, _late)
     edges.write("write late invoices", late, settings.dlq_topic)
     return flow
+
+
+WINDOWS = Counter("shopmesh_dataflow_windows_emitted", "5-second windows closed and written.", ("dataflow",))
+
+
+def _add(window: WindowSum, item: kafka.Received) -> WindowSum:
+    kafka.counted(NAME, item.invoice)
+    return window.add(item.invoice)
+
+
+def _late(keyed: tuple[str, tuple[int, kafka.Received]]) -> KafkaSinkMessage:
+    kafka.dead_lettered(NAME, "late")
+    return kafka.to_dead_letter("late", keyed[1][1].message)
 
 
 def _issued_at(item: kafka.Received) -> datetime:
@@ -64,4 +80,5 @@ def _partition(item: kafka.Received) -> int:
 def _record(keyed: tuple[str, tuple[int, WindowSum]]) -> KafkaSinkMessage:
     window_id, window = keyed[1]
     start = window_start(window_id)
+    WINDOWS.labels(NAME).inc()
     return KafkaSinkMessage(iso_millis(start).encode(), window_total(start, window.total_cents, window.count))

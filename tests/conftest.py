@@ -6,6 +6,7 @@ run)."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -36,6 +37,9 @@ TEST_MESH = {
     "SHOPMESH_GATEWAY_PORT": "28080",
     "SHOPMESH_ENVOY_ADMIN_PORT": "29901",
     "SHOPMESH_CONTROL_PLANE_PORT": "28000",
+    "SHOPMESH_PROMETHEUS_PORT": "29090",
+    "SHOPMESH_KEYCLOAK_MANAGEMENT_PORT": "29000",
+    "SHOPMESH_KAFKA_METRICS_PORT": "29404",
     **{
         f"SHOPMESH_SERVICE_PORTS__{service.name.upper()}": str(28051 + number)
         for number, service in enumerate(SERVICES)
@@ -114,3 +118,19 @@ def billing(mesh, tokens):
     yield bill
     client.close()
     admin.close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Debian's Chromium, headless, driven by Playwright, for one test module: Playwright's sync API keeps an event
+    loop running in this thread while it is open, which later tests' asyncio.run() would trip over."""
+    from playwright.sync_api import sync_playwright
+
+    from shopmesh.tooling import install
+
+    install.ensure_tools({"chromium": "chromium"})
+    with sync_playwright() as playwright:
+        # As root (CI here) Chromium's sandbox cannot start; the pages are the mesh's own.
+        launched = playwright.chromium.launch(executable_path=shutil.which("chromium"), args=["--no-sandbox"])
+        yield launched
+        launched.close()

@@ -22,6 +22,7 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from typing import cast
 
+from prometheus_client import Counter, Gauge
 from sqlalchemy import Connection, CursorResult, delete, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -36,6 +37,18 @@ from shopmesh.runtime.settings import Settings
 log = logging.getLogger(__name__)
 
 BATCH = 100
+
+# Every billing instance reports the outbox it shares with the others: take max() across instances.
+WAITING = Gauge("shopmesh_outbox_events_waiting", "Invoice events stored with a bill and not yet on Kafka.")
+OLDEST_AGE = Gauge(
+    "shopmesh_outbox_oldest_event_age_seconds", "Age of the oldest invoice event waiting in the outbox (0: none)."
+)
+PUBLISHED = Counter("shopmesh_outbox_events_published", "Invoice events acknowledged by Kafka and marked published.")
+PUBLISH_FAILURES = Counter(
+    "shopmesh_outbox_publish_failures", "Invoice events the Kafka producer gave up on (they are sent again)."
+)
+RELAY_FAILURES = Counter("shopmesh_outbox_relay_failures", "Failures of the relay loop, each retried with back-off.")
+LEASE_HELD = Gauge("shopmesh_outbox_lease_held", "1 while this billing instance is the one publishing the outbox.")
 #: How long a relay's lease on publishing lasts unless renewed (it renews at half of it).
 LEASE_SECONDS = 5.0
 
@@ -138,6 +151,7 @@ class OutboxRelay:
         if held and self._lease_until <= started:
             log.info("this billing instance (%s) now publishes the outbox", self.holder)
         self._lease_until = started + LEASE_SECONDS if held else 0.0
+        LEASE_HELD.set(1 if held else 0)
         self._next_try = 0.0 if held else started + 1
         return held
 
@@ -171,6 +185,7 @@ class OutboxRelay:
         """On the event loop, when Kafka acknowledged an event or the producer gave up on it."""
         if isinstance(outcome, Exception):
             self.failures += 1
+            PUBLISH_FAILURES.inc()
             log.warning("invoice event %s not published (%s); it is sent again", invoice_id, outcome)
             self._in_flight.pop(invoice_id, None)
         else:
@@ -193,6 +208,7 @@ class OutboxRelay:
         for invoice_id in acked:
             self._in_flight.pop(invoice_id, None)
         self.published += len(acked)
+        PUBLISHED.inc(len(acked))
 
     async def waiting(self) -> tuple[int, float]:
         """How many events wait, and the age in seconds of the oldest (0 when none wait)."""
@@ -202,7 +218,10 @@ class OutboxRelay:
             return tuple(connection.execute(query).one())
 
         number, oldest = await self.db.read(count)
-        return number, (_now() - oldest).total_seconds() if oldest else 0.0
+        age = (_now() - oldest).total_seconds() if oldest else 0.0
+        WAITING.set(number)
+        OLDEST_AGE.set(age)
+        return number, age
 
     async def health(self) -> tuple[str, str]:
         """Consul's view of the relay: a warning while an event has waited longer than outbox_warning_seconds."""
@@ -213,6 +232,7 @@ class OutboxRelay:
 
 
 def _report_retry(state: RetryCallState) -> None:
+    RELAY_FAILURES.inc()
     failure = state.outcome.exception() if state.outcome is not None else None
     wait = state.next_action.sleep if state.next_action is not None else 0.0
     log.warning("the outbox relay failed (%s); the events wait in the outbox, retrying in %.1f s", failure, wait)

@@ -12,10 +12,26 @@ from dataclasses import dataclass
 
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 from google.protobuf import any_pb2
+from prometheus_client import Counter, Gauge, Info
 
 from services.control_plane.snapshot import Snapshot
 
 log = logging.getLogger(__name__)
+
+# "envoy" is the Envoy's node id (one per gateway process); "type" the resource type (cluster, endpoints, ...).
+SNAPSHOT = Info("shopmesh_xds_snapshot", "The snapshot this control plane serves: its version (a content hash).")
+SNAPSHOTS = Counter("shopmesh_xds_snapshots", "Snapshots built from a changed set of endpoints.")
+SNAPSHOT_TIME = Gauge("shopmesh_xds_snapshot_timestamp_seconds", "When the current snapshot was built.")
+STREAMS = Gauge("shopmesh_xds_streams", "ADS streams open, one per connected Envoy.")
+PUSHES = Counter("shopmesh_xds_pushes", "Discovery responses sent.", ("envoy", "type"))
+ACKS = Counter("shopmesh_xds_acks", "Responses an Envoy accepted.", ("envoy", "type"))
+NACKS = Counter("shopmesh_xds_nacks", "Responses an Envoy rejected.", ("envoy", "type"))
+
+
+def _short_type(type_url: str) -> str:
+    """cluster, endpoints, ...: the resource type without its package."""
+    name = type_url.rpartition(".")[2]
+    return {"ClusterLoadAssignment": "endpoints"}.get(name, name.lower())
 
 
 class SnapshotCache:
@@ -30,6 +46,9 @@ class SnapshotCache:
             return
         log.info("snapshot %s", snapshot.version)
         self.snapshot = snapshot
+        SNAPSHOT.info({"version": snapshot.version})
+        SNAPSHOTS.inc()
+        SNAPSHOT_TIME.set_to_current_time()
         for queue in self._streams:
             queue.put_nowait("changed")
 
@@ -65,22 +84,31 @@ class AggregatedDiscovery(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
 
         reader = asyncio.create_task(read())
         subscriptions: dict[str, _Subscription] = {}
+        node = "unknown"
+        STREAMS.inc()
         try:
             while (event := await events.get()) is not None:
                 if isinstance(event, discovery_pb2.DiscoveryRequest):
-                    self._receive(event, subscriptions, context.peer())
+                    node = event.node.id or node  # Envoy names itself in its first request
+                    self._receive(event, subscriptions, context.peer(), node)
                 for type_url, subscription in subscriptions.items():
                     if response := self._response(type_url, subscription):
                         await context.write(response)
+                        PUSHES.labels(node, _short_type(type_url)).inc()
         finally:
+            STREAMS.dec()
             reader.cancel()
             self.cache.unsubscribe(events)
 
     @staticmethod
-    def _receive(request: discovery_pb2.DiscoveryRequest, subscriptions: dict[str, _Subscription], peer: str) -> None:
+    def _receive(
+        request: discovery_pb2.DiscoveryRequest, subscriptions: dict[str, _Subscription], peer: str, node: str
+    ) -> None:
         subscription = subscriptions.setdefault(request.type_url, _Subscription())
         if request.response_nonce and request.response_nonce != subscription.awaiting_nonce:
             return  # an answer to a response already superseded
+        if request.response_nonce:
+            (NACKS if request.error_detail.code else ACKS).labels(node, _short_type(request.type_url)).inc()
         if request.error_detail.code:
             log.warning(
                 "%s rejected %s version %s: %s",

@@ -7,10 +7,12 @@ import signal
 import uuid
 from datetime import UTC, datetime
 
+from prometheus_client import Counter
+
 from services.facturation_producer import CONSUL_NAME, service_id
 from shopmesh.customer.v1 import customer_service_pb2 as customer_pb
 from shopmesh.customer.v1 import customer_service_pb2_grpc as customer_grpc
-from shopmesh.runtime import invoices
+from shopmesh.runtime import invoices, metrics
 from shopmesh.runtime.auth import ServiceToken
 from shopmesh.runtime.catalogue import part
 from shopmesh.runtime.discovery import Registration
@@ -25,6 +27,15 @@ BUILT_IN_CUSTOMERS = ("Mohamed", "Imane", "Yassine")
 NAMES_REFRESH_SECONDS = 30
 #: Names the producer picks from: the first this many customers, a bound on its memory and on each refresh.
 MAX_NAMES = 20_000
+
+PRODUCED = Counter("shopmesh_invoices_produced", "Invoice events handed to the Kafka producer.")
+DELIVERED = Counter("shopmesh_invoices_delivered", "Invoice events Kafka acknowledged.")
+UNDELIVERED = Counter("shopmesh_invoices_delivery_failures", "Invoice events the Kafka producer gave up on.")
+
+
+def _undelivered(error: Exception) -> None:
+    UNDELIVERED.inc()
+    log.error("an invoice was not delivered: %s", error)
 
 
 class CustomerNames:
@@ -73,7 +84,10 @@ def invoice(customer_name: str) -> invoices.Invoice:
 
 
 async def run(settings: Settings) -> None:
-    registration = Registration(settings, CONSUL_NAME, 0, tags=("kafka",), ttl="10s", service_id=service_id(settings))
+    announced = metrics.serve(settings.host, settings.metrics_port)
+    registration = Registration(
+        settings, CONSUL_NAME, 0, tags=("kafka",), ttl="10s", service_id=service_id(settings), meta=announced
+    )
     await registration.register()
     heartbeat = asyncio.create_task(registration.keep_passing(3))
     names = CustomerNames(settings)
@@ -88,9 +102,10 @@ async def run(settings: Settings) -> None:
     log.info("sending %.1f invoice(s) per second to %s", settings.facturation_rate, settings.facturation_topic)
     while not stopping.is_set():
         event = invoice(await names.pick())
-        producer.send(settings.facturation_topic, key=event.key(), value=event.value()).add_errback(
-            lambda error: log.error("an invoice was not delivered: %s", error)
-        )
+        sending = producer.send(settings.facturation_topic, key=event.key(), value=event.value())
+        sending.add_callback(lambda _metadata: DELIVERED.inc())
+        sending.add_errback(_undelivered)
+        PRODUCED.inc()
         sent += 1
         if sent % 60 == 0:
             log.info("%d invoices sent", sent)

@@ -23,6 +23,8 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.schema import CreateIndex
 
+from shopmesh.runtime.metrics import database_time
+
 T = TypeVar("T")
 log = logging.getLogger(__name__)
 
@@ -116,14 +118,19 @@ class Database:
         return await self._in_writer(transaction)
 
     async def _in_writer(self, transaction: Callable[[], T]) -> T:
-        if self._writer is None:
-            return await asyncio.to_thread(transaction)
-        return await asyncio.get_running_loop().run_in_executor(self._writer, transaction)
+        with database_time():
+            if self._writer is None:
+                return await asyncio.to_thread(transaction)
+            return await asyncio.get_running_loop().run_in_executor(self._writer, transaction)
 
     async def read(self, work: Callable[[Connection], T]) -> T:
         """Run work's Core statements on a connection of its own: on the event loop for SQLite, in a worker
         thread for a server database. It sees committed data only and must not write."""
 
+        with database_time():
+            return await self._read(work)
+
+    async def _read(self, work: Callable[[Connection], T]) -> T:
         if not self._inline_reads:
 
             def reading() -> T:

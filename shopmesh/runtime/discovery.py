@@ -7,7 +7,7 @@ import asyncio
 import itertools
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import consul.aio
@@ -49,6 +49,7 @@ class Registration:
         ttl: str | None = None,
         service_id: str | None = None,
         status_checks: Sequence[StatusCheck] = (),
+        meta: Mapping[str, str] | None = None,
     ) -> None:
         self.settings = settings
         self.service = service
@@ -57,6 +58,7 @@ class Registration:
         self.ttl = ttl
         self.service_id = service_id or catalogue.service_id(service, settings.advertise_address, port)
         self.status_checks = tuple(status_checks)
+        self.meta = dict(meta or {})  # where its metrics are, say (shopmesh.runtime.metrics.announce)
         self._reporters: list[asyncio.Task] = []
 
     def _check_id(self, check: StatusCheck) -> str:
@@ -92,6 +94,7 @@ class Registration:
                 tags=self.tags,
                 check=check,
                 extra_checks=extra or None,
+                meta=self.meta or None,
                 replace_existing_checks=True,
             )
         finally:

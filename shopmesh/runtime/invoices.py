@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -65,6 +66,26 @@ def iso_millis(moment: datetime) -> str:
 
 class BadInvoice(ValueError):
     """An event that cannot be counted; the message is the reason written to the dead-letter topic."""
+
+
+#: The kinds of reasons a message is dead-lettered for: a bounded set, fit for a metric's label.
+REASON_KINDS = (
+    *("not_json", "not_object", "missing_field", "invoice_id", "customer_name", "amount", "issued_at"),
+    *("future", "late", "other"),
+)
+
+
+def reason_kind(reason: str) -> str:
+    """The kind of a dead letter's reason (one of REASON_KINDS): "amount" for "amount must be ...", say."""
+    for prefix, kind in (
+        ("not JSON", "not_json"),
+        ("not a JSON object", "not_object"),
+        ("missing field", "missing_field"),
+    ):
+        if reason.startswith(prefix):
+            return kind
+    first = re.split(r"[\s:]", reason, maxsplit=1)[0]
+    return first if first in REASON_KINDS else "other"
 
 
 def parse(raw: bytes, now: datetime | None = None, max_skew: timedelta = timedelta(minutes=5)) -> Invoice:

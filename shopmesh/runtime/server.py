@@ -15,10 +15,12 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
+from shopmesh.runtime import metrics
 from shopmesh.runtime.auth import Authorization, TokenVerifier, Verifier
 from shopmesh.runtime.catalogue import ServicePart
 from shopmesh.runtime.discovery import Registration, StatusCheck
 from shopmesh.runtime.errors import ErrorMapping
+from shopmesh.runtime.metrics import Observed, RequestIdFilter
 from shopmesh.runtime.settings import Settings, load
 
 log = logging.getLogger(__name__)
@@ -100,7 +102,10 @@ class Running:
 async def start(service: Service, settings: Settings, verifier: Verifier | None = None) -> Running:
     """Attach the service to a new gRPC server (with its token check, error mapping, health and reflection) and
     start it on its port (0: any free port). verifier checks tokens; by default against Keycloak's keys."""
-    interceptors = [Authorization(verifier or TokenVerifier(settings))] if service.authenticated else []
+    # Observed first: a call refused for its token is measured too.
+    interceptors: list[grpc.aio.ServerInterceptor] = [Observed()]
+    if service.authenticated:
+        interceptors.append(Authorization(verifier or TokenVerifier(settings)))
     # Envoy forwards the REST path as x-envoy-original-path: a long id in it (refused with INVALID_ARGUMENT by the
     # service) must not first trip gRPC's default 8 KiB metadata limit, which answers RESOURCE_EXHAUSTED at random.
     server = grpc.aio.server(
@@ -128,7 +133,8 @@ async def serve(service: Service, settings: Settings) -> None:
     port, status_checks = running.port, running.status_checks
     handlers = [handler for handler in logging.getLogger().handlers if isinstance(handler, BatchedLogHandler)]
     flushing = [asyncio.create_task(flush_logs(handler)) for handler in handlers]
-    registration = Registration(settings, service.consul_name, port, status_checks=status_checks)
+    announced = metrics.serve(settings.host, settings.metrics_port)
+    registration = Registration(settings, service.consul_name, port, status_checks=status_checks, meta=announced)
     await registration.register()
 
     stopping = asyncio.Event()
@@ -147,11 +153,14 @@ async def serve(service: Service, settings: Settings) -> None:
         handler.write_out()
 
 
+#: Every line names the request id of the call it was written in ("-" outside a call).
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(request_id)s]: %(message)s"
+
+
 def main(service: Service) -> None:
     handler = BatchedLogHandler(sys.stdout)
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", handlers=[handler]
-    )
+    handler.addFilter(RequestIdFilter())
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT, handlers=[handler])
     try:
         asyncio.run(serve(service, load()))
     finally:

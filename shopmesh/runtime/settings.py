@@ -50,6 +50,16 @@ class Settings(BaseSettings):
     keycloak_port: int = 8180
     gateway_port: int = 8080
     envoy_admin_port: int = 9901
+    gateway_access_log: str = Field(
+        "",
+        description="File of Envoy's access log; by default var/log/gateway-access.log (/dev/stdout in a container).",
+    )
+    prometheus_port: int = Field(9090, description="Prometheus: its web UI and API.")
+    keycloak_management_port: int = Field(9000, description="Keycloak's management interface (health, metrics).")
+    kafka_metrics_port: int = Field(9404, description="The Kafka broker's metrics (the Prometheus JMX exporter).")
+    metrics_port: int = Field(
+        0, description="Port of this process's Prometheus metrics; 0 takes a free port, announced in Consul."
+    )
 
     control_plane_port: int = Field(18000, description="The xDS control plane (ADS) Envoy learns endpoints from.")
     service_ports: dict[str, int] = Field(
@@ -186,6 +196,10 @@ class Settings(BaseSettings):
     @property
     def gateway_url(self) -> str:
         return f"http://{self.host}:{self.gateway_port}"
+
+    @property
+    def prometheus_url(self) -> str:
+        return f"http://{self.host}:{self.prometheus_port}"
 
     @property
     def envoy_admin_url(self) -> str:

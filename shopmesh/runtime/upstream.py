@@ -7,7 +7,9 @@ import grpc
 from keycloak.exceptions import KeycloakError
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential
 
+from shopmesh.runtime import metrics
 from shopmesh.runtime.auth import ServiceToken
+from shopmesh.runtime.catalogue import SERVICES
 from shopmesh.runtime.discovery import Channels, Endpoints
 from shopmesh.runtime.errors import FailedPrecondition, InvalidArgument, NotFound, ServiceError, Unavailable
 from shopmesh.runtime.settings import Settings
@@ -33,6 +35,10 @@ class Upstream:
         self.endpoints = Endpoints(settings, consul_name)
         self.channels = Channels()
         self.stub_class = stub_class
+        # Its gRPC service name labels the call metrics.
+        self.grpc_service = next(
+            (part.grpc_service for part in SERVICES if part.consul_name == consul_name), consul_name
+        )
         self._stubs: dict[str, object] = {}
 
     def start(self) -> None:
@@ -54,8 +60,9 @@ class Upstream:
                 with attempt:
                     address = await self.endpoints.next_address()
                     stub = self._stub(address)
-                    metadata = await self.token.metadata()
-                    return await getattr(stub, method)(request, timeout=timeout, metadata=metadata)
+                    metadata = metrics.passed_on(await self.token.metadata())
+                    with metrics.client_call(self.grpc_service, method):
+                        return await getattr(stub, method)(request, timeout=timeout, metadata=metadata)
         except grpc.aio.AioRpcError as error:
             raise self._translate(error) from None
         except KeycloakError as error:

@@ -166,6 +166,7 @@ def write_bootstrap(settings: Settings, folder: Path) -> Path:
             transcoded_services=json.dumps([service.grpc_service for service in catalogue.routed()]),
             secrets=secrets,
             token_rules=json.dumps(token_rules(console)),
+            access_log=settings.gateway_access_log or settings.log_dir / "gateway-access.log",
         )
     )
     return bootstrap

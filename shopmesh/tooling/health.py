@@ -106,3 +106,12 @@ def consul_passing(settings: Settings, service_id: str) -> str | None:
         if check["Status"] != "passing"
     ]
     return f"Consul check of {service_id}: {'; '.join(failing)}" if failing else None
+
+
+def prometheus_ready(settings: Settings) -> str | None:
+    """Healthy once Prometheus's /-/ready answers 200 (its storage is open and it serves queries)."""
+    try:
+        answer = httpx.get(f"{settings.prometheus_url}/-/ready", timeout=_TIMEOUT)
+    except httpx.HTTPError as error:
+        return f"Prometheus not answering: {error}"
+    return None if answer.status_code == 200 else f"Prometheus /-/ready answered HTTP {answer.status_code}"

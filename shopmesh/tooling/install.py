@@ -31,6 +31,13 @@ ENVOY_VERSION = "1.40.0"
 CONSUL_VERSION = "1.16.1"
 KAFKA_VERSION = "4.1.1"
 KEYCLOAK_VERSION = "26.4.7"
+JMX_EXPORTER_VERSION = "1.0.1"  # Maven Central: the Prometheus JMX exporter agent, Kafka's metrics
+#: Prometheus and promtool, built from the Go module proxy (module v0.315.1 is Prometheus 3.15.1) with only the
+#: Consul service discovery, and its web UI built from the same module with pnpm from the npm registry. Debian's
+#: package (2.42) was tried first: it is built without Consul discovery ("field consul_sd_configs not found").
+PROMETHEUS_VERSION = "3.15.1"
+PROMETHEUS_REVISION = "v0.315.1"  # the Go module's version of that release
+PNPM_VERSION = "10.34.9"  # npm registry: the package manager the Prometheus UI's lock file is written for
 GRPCURL_VERSION = "1.9.3"
 OPENAPI_VERSION = "0.7.1"
 GHZ_VERSION = "0.120.0"  # Go module proxy: gRPC load of the benchmarks
@@ -307,6 +314,120 @@ def _verify_kafka(home: Path) -> str:
     return f"kafka {KAFKA_VERSION} (storage tool ok: {uuid.strip()})"
 
 
+# --- The Prometheus JMX exporter: a Java agent jar from Maven Central, loaded by the Kafka broker --------------
+
+
+def _build_jmx_exporter(staging: Path) -> None:
+    run_step(
+        f"jmx-exporter {JMX_EXPORTER_VERSION}: fetching the Java agent from Maven Central",
+        [
+            "mvn",
+            "-B",
+            "-q",
+            "dependency:copy",
+            f"-Dartifact=io.prometheus.jmx:jmx_prometheus_javaagent:{JMX_EXPORTER_VERSION}",
+            f"-DoutputDirectory={staging}",
+        ],
+    )
+
+
+def _verify_jmx_exporter(home: Path) -> str:
+    jar = home / f"jmx_prometheus_javaagent-{JMX_EXPORTER_VERSION}.jar"
+    with zipfile.ZipFile(jar) as archive:
+        manifest = archive.read("META-INF/MANIFEST.MF").decode()
+    if "Premain-Class" not in manifest:
+        raise InstallError(f"{jar.name} is not a Java agent (no Premain-Class in its manifest)")
+    return f"jmx_prometheus_javaagent {JMX_EXPORTER_VERSION}"
+
+
+# --- Prometheus: built from the Go module proxy, its web UI from the npm registry --------------------------------
+
+_PROMETHEUS_MODULE = "github.com/prometheus/prometheus"
+
+
+#: The throwaway module Prometheus is built from: `go install prometheus@version` refuses a module whose go.mod has a
+#: replace directive, as this release's has; so the same replace is made here, in a module of our own.
+_PROMETHEUS_BUILD_MODULE = f"""module shopmesh.local/prometheus-build
+
+go 1.26
+
+require {_PROMETHEUS_MODULE} {PROMETHEUS_REVISION}
+
+replace cloud.google.com/go => cloud.google.com/go v0.123.0
+"""
+
+
+def _build_prometheus(staging: Path) -> None:
+    source = staging / "src"
+    source.mkdir()
+    (source / "go.mod").write_text(_PROMETHEUS_BUILD_MODULE)
+    # -mod=mod: go.sum is written here, each module checked against the checksum database.
+    env = {"CGO_ENABLED": "0", "GOTOOLCHAIN": "local", **GO_CHECKSUMS, "GOFLAGS": "-mod=mod"}
+    version = "github.com/prometheus/common/version"
+    ldflags = f"-s -w -X {version}.Version={PROMETHEUS_VERSION} -X {version}.Branch=release"
+    run_step(
+        f"prometheus {PROMETHEUS_VERSION}: building prometheus and promtool with {_go_version()} (a few minutes)",
+        [
+            "go",
+            "build",
+            "-trimpath",
+            # Only the service discovery the mesh uses: Consul. (Prometheus's own build tags.)
+            "-tags=remove_all_sd,enable_consul_sd",
+            f"-ldflags={ldflags}",
+            "-o",
+            str(staging / "bin") + "/",
+            f"{_PROMETHEUS_MODULE}/cmd/prometheus",
+            f"{_PROMETHEUS_MODULE}/cmd/promtool",
+        ],
+        cwd=source,
+        env=env,
+    )
+    module = Path(
+        run_step(
+            "prometheus: locating its module",
+            ["go", "list", "-m", "-f", "{{.Dir}}", _PROMETHEUS_MODULE],
+            cwd=source,
+            env=env,
+        ).strip()
+    )
+    # The web UI: the module holds its sources; the release's build makes the assets with pnpm. The binary serves
+    # them from ./static when started in a folder named ui (web/ui/ui.go), which is how shopmesh starts it.
+    ui_source = staging / "ui-src"
+    shutil.copytree(module / "web" / "ui", ui_source)
+    for path in [ui_source, *ui_source.rglob("*")]:
+        path.chmod(path.stat().st_mode | stat.S_IWUSR)
+    tools = staging / "pnpm"
+    run_step(
+        f"prometheus UI: installing pnpm {PNPM_VERSION}",
+        ["npm", "install", "--prefix", str(tools), "--no-audit", "--no-fund", f"pnpm@{PNPM_VERSION}"],
+    )
+    search_path = f"{tools / 'node_modules' / '.bin'}{os.pathsep}{os.environ.get('PATH', '')}"
+    run_step(
+        "prometheus UI: installing its packages from the lock file",
+        ["pnpm", "install", "--frozen-lockfile"],
+        cwd=ui_source,
+        env={"PATH": search_path},
+    )
+    for flag in ("--build-module", "--mantine-ui"):
+        run_step(f"prometheus UI: build_ui.sh {flag}", ["bash", "build_ui.sh", flag], cwd=ui_source, env={"PATH": search_path})
+    (staging / "ui").mkdir()
+    shutil.move(ui_source / "static", staging / "ui" / "static")
+    for leftover in (source, ui_source, tools):
+        shutil.rmtree(leftover)
+
+
+def _verify_prometheus(home: Path) -> str:
+    if not (home / "ui" / "static" / "mantine-ui" / "index.html").is_file():
+        raise InstallError("the Prometheus web UI was not built (no ui/static/mantine-ui/index.html)")
+    reported = []
+    for name in ("prometheus", "promtool"):
+        out = run_step(f"prometheus: checking {name} --version", [str(home / "bin" / name), "--version"])
+        if f"version {PROMETHEUS_VERSION}" not in out:
+            raise InstallError(f"{name} --version does not report {PROMETHEUS_VERSION}: {out.strip()[:200]}")
+        reported.append(out.splitlines()[0])
+    return "; ".join(reported)
+
+
 # --- Keycloak: the Quarkus distribution zip from Maven Central ------------------------------------------------
 
 
@@ -341,9 +462,10 @@ def _build_keycloak(staging: Path) -> None:
     shutil.rmtree(download)
     # Build the optimized server once here, so that every start is `kc.sh start --optimized` (seconds instead
     # of a minute of re-augmentation) and nothing in the cache is rewritten at run time.
+    # Metrics are a build option: they are served on the management interface, beside the health endpoints.
     run_step(
         f"keycloak {KEYCLOAK_VERSION}: building the optimized server (about a minute)",
-        [str(staging / "bin" / "kc.sh"), "build", "--db=dev-file"],
+        [str(staging / "bin" / "kc.sh"), "build", "--db=dev-file", "--metrics-enabled=true"],
         env={"JAVA_HOME": str(java_home_for_keycloak(Settings()))},
     )
 
@@ -497,7 +619,10 @@ COMPONENTS = {
     # Revision 2: built with the release's version information (the UI said 1.16.0-dev, the revision was empty).
     "consul": Component("consul", CONSUL_VERSION, _build_consul, _verify_consul, revision=2),
     "kafka": Component("kafka", KAFKA_VERSION, _build_kafka, _verify_kafka),
-    "keycloak": Component("keycloak", KEYCLOAK_VERSION, _build_keycloak, _verify_keycloak),
+    # Revision 2: built with metrics enabled.
+    "keycloak": Component("keycloak", KEYCLOAK_VERSION, _build_keycloak, _verify_keycloak, revision=2),
+    "jmx-exporter": Component("jmx-exporter", JMX_EXPORTER_VERSION, _build_jmx_exporter, _verify_jmx_exporter),
+    "prometheus": Component("prometheus", PROMETHEUS_VERSION, _build_prometheus, _verify_prometheus),
     "envoy": Component("envoy", ENVOY_VERSION, _build_envoy, _verify_envoy),
     "grpcurl": go_tool("grpcurl", "github.com/fullstorydev/grpcurl/cmd/grpcurl", GRPCURL_VERSION, "-version"),
     # gnostic's generator: protoc-gen-openapiv2 does not support proto3 optional fields, which the API uses.
@@ -515,6 +640,12 @@ class Installed:
     envoy: Path
     grpcurl: Path
     openapi: Path
+    jmx_exporter: Path
+    prometheus: Path
+
+    @property
+    def jmx_agent(self) -> Path:
+        return self.jmx_exporter / f"jmx_prometheus_javaagent-{JMX_EXPORTER_VERSION}.jar"
 
 
 def locations(settings: Settings) -> Installed:
@@ -524,6 +655,8 @@ def locations(settings: Settings) -> Installed:
         consul=consul_binary.parent.parent if consul_binary else settings.cache_dir / COMPONENTS["consul"].key,
         **{name: settings.cache_dir / COMPONENTS[name].key for name in ("kafka", "keycloak", "envoy", "grpcurl")},
         openapi=settings.cache_dir / COMPONENTS["protoc-gen-openapi"].key,
+        jmx_exporter=settings.cache_dir / COMPONENTS["jmx-exporter"].key,
+        prometheus=settings.cache_dir / COMPONENTS["prometheus"].key,
     )
 
 
@@ -543,4 +676,6 @@ def ensure_all(settings: Settings) -> Installed:
         envoy=ensure(COMPONENTS["envoy"], settings.cache_dir),
         grpcurl=ensure(COMPONENTS["grpcurl"], settings.cache_dir),
         openapi=ensure(COMPONENTS["protoc-gen-openapi"], settings.cache_dir),
+        jmx_exporter=ensure(COMPONENTS["jmx-exporter"], settings.cache_dir),
+        prometheus=ensure(COMPONENTS["prometheus"], settings.cache_dir),
     )

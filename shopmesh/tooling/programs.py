@@ -5,6 +5,7 @@ once it is healthy. Building the list has no side effects (status lists it too):
 from __future__ import annotations
 
 import shutil
+import string
 import subprocess
 import sys
 from collections.abc import Callable
@@ -15,7 +16,7 @@ from pathlib import Path
 import consul
 from dataflows import CONSUL_NAMES, service_id
 from services import facturation_producer
-from shopmesh.runtime import invoices
+from shopmesh.runtime import invoices, metrics
 from shopmesh.runtime.catalogue import SERVICES, ServicePart
 from shopmesh.runtime.settings import PROJECT_ROOT, Settings
 from shopmesh.tooling import gateway, health, realm
@@ -53,7 +54,13 @@ def programs(settings: Settings, installed: Installed) -> list[Program]:
         for service in SERVICES
         for instance, port in enumerate(instance_ports(settings, service.name), start=1)
     ]
-    return infrastructure + services + [_producer(settings)] + [_dataflow(settings, name) for name in CONSUL_NAMES]
+    return (
+        infrastructure
+        + services
+        + [_producer(settings)]
+        + [_dataflow(settings, name) for name in CONSUL_NAMES]
+        + [_prometheus(settings, installed)]
+    )
 
 
 def _spec(*args, **kwargs) -> Callable[[], ProgramSpec]:
@@ -150,6 +157,7 @@ def register_kafka(settings: Settings, agent: consul.Consul) -> None:
         port=settings.kafka_port,
         tags=["broker", "kraft"],
         check={"TCP": f"{settings.host}:{settings.kafka_port}", "Interval": "10s"},
+        meta=metrics.announce(settings.kafka_metrics_port),
     )
 
 
@@ -175,6 +183,9 @@ def _kafka(settings: Settings, installed: Installed) -> Program:
             f"-Xms{settings.kafka_heap}",
             f"-Xmx{settings.kafka_heap}",
             f"-Dlog4j2.configurationFile={PROJECT_ROOT / 'kafka' / 'log4j2.properties'}",
+            # The broker's metrics for Prometheus, on the loopback address like the rest.
+            f"-javaagent:{installed.jmx_agent}={settings.host}:{settings.kafka_metrics_port}:"
+            f"{PROJECT_ROOT / 'kafka' / 'jmx-exporter.yml'}",
             "-cp",
             classpath,
             "kafka.Kafka",
@@ -203,7 +214,11 @@ def _kafka(settings: Settings, installed: Installed) -> Program:
     return Program(
         "kafka",
         command,
-        ports={"Kafka broker": settings.kafka_port, "Kafka controller": settings.kafka_controller_port},
+        ports={
+            "Kafka broker": settings.kafka_port,
+            "Kafka controller": settings.kafka_controller_port,
+            "Kafka metrics": settings.kafka_metrics_port,
+        },
         probe=health.kafka_metadata,
         requires=("consul",),
         deadline=120,
@@ -222,6 +237,7 @@ def register_keycloak(settings: Settings, agent: consul.Consul) -> None:
         port=settings.keycloak_port,
         tags=["oidc"],
         check={"HTTP": discovery, "Interval": "10s"},
+        meta=metrics.announce(settings.keycloak_management_port),
     )
 
 
@@ -243,6 +259,8 @@ def _keycloak(settings: Settings, installed: Installed) -> Program:
         "--http-enabled=true",
         f"--http-host={settings.host}",
         f"--http-port={settings.keycloak_port}",
+        # The management interface (metrics) binds the same address, on a port of its own.
+        f"--http-management-port={settings.keycloak_management_port}",
         f"--hostname=http://localhost:{settings.keycloak_port}",
         "--import-realm",
     ]
@@ -272,7 +290,7 @@ def _keycloak(settings: Settings, installed: Installed) -> Program:
     return Program(
         "keycloak",
         command,
-        ports={"Keycloak HTTP": settings.keycloak_port},
+        ports={"Keycloak HTTP": settings.keycloak_port, "Keycloak management": settings.keycloak_management_port},
         probe=health.keycloak_realm,
         requires=("consul",),
         deadline=300,
@@ -290,6 +308,8 @@ def register_gateway(settings: Settings, agent: consul.Consul) -> None:
         port=settings.gateway_port,
         tags=["envoy"],
         check={"HTTP": f"{settings.envoy_admin_url}/ready", "Interval": "5s"},
+        # Envoy's statistics come from its admin interface, which binds the loopback address only.
+        meta=metrics.announce(settings.envoy_admin_port, "/stats/prometheus"),
     )
 
 
@@ -319,4 +339,58 @@ def _envoy(settings: Settings, installed: Installed) -> Program:
         prepare=partial(write_bootstrap, settings, bootstrap.parent),
         when_healthy=(partial(register_gateway, settings),),
         url=settings.gateway_url,
+    )
+
+
+def register_prometheus(settings: Settings, agent: consul.Consul) -> None:
+    agent.agent.service.register(
+        "prometheus",
+        service_id="prometheus",
+        address=settings.host,
+        port=settings.prometheus_port,
+        tags=["metrics"],
+        check={"HTTP": f"{settings.prometheus_url}/-/ready", "Interval": "10s"},
+        meta=metrics.announce(settings.prometheus_port),
+    )
+
+
+def write_prometheus_config(settings: Settings, config: Path) -> None:
+    """prometheus/prometheus.yml with this mesh's Consul in it; the rules are read from the checkout."""
+    config.parent.mkdir(parents=True, exist_ok=True)
+    template = string.Template((PROJECT_ROOT / "prometheus" / "prometheus.yml").read_text())
+    config.write_text(
+        template.substitute(
+            consul=f"{settings.consul_address}:{settings.consul_http_port}",
+            consul_http_port=settings.consul_http_port,
+            rules=PROJECT_ROOT / "prometheus" / "rules.yml",
+        )
+    )
+
+
+def _prometheus(settings: Settings, installed: Installed) -> Program:
+    folder = settings.var_dir / "prometheus"
+    config = folder / "prometheus.yml"
+
+    def command() -> ProgramSpec:
+        argv = [
+            str(installed.prometheus / "bin" / "prometheus"),
+            f"--config.file={config}",
+            f"--storage.tsdb.path={folder / 'data'}",
+            "--storage.tsdb.retention.time=7d",
+            f"--web.listen-address={settings.host}:{settings.prometheus_port}",
+            "--log.level=warn",
+        ]
+        # Started in its ui folder: Prometheus serves its web UI from ./static there (see install.py).
+        return ProgramSpec("prometheus", argv, stop_seconds=30, directory=installed.prometheus / "ui")
+
+    return Program(
+        "prometheus",
+        command,
+        ports={"Prometheus": settings.prometheus_port},
+        probe=health.prometheus_ready,
+        requires=("consul",),
+        deadline=60,
+        prepare=partial(write_prometheus_config, settings, config),
+        when_healthy=(partial(register_prometheus, settings),),
+        url=f"{settings.prometheus_url}/ (graphs, targets, alerts)",
     )

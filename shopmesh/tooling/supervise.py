@@ -46,6 +46,7 @@ class ProgramSpec:
     env: Mapping[str, str] = field(default_factory=dict)
     stop_seconds: int = 30
     secrets: Mapping[str, str] = field(default_factory=dict)
+    directory: Path | None = None  # where it starts; by default the checkout
 
 
 def _escape(value: str) -> str:
@@ -74,7 +75,7 @@ def render_config(settings: Settings, programs: Sequence[ProgramSpec]) -> str:
             # programs come in start order; supervisord stops the highest priority first and waits for it, so
             # shutting down is the start order reversed: the dataflows are gone before Kafka, say.
             "priority": str(position * 10),
-            "directory": str(PROJECT_ROOT),
+            "directory": str(program.directory or PROJECT_ROOT),
             # The runtime starts each program once the programs it depends on are healthy.
             "autostart": "false",
             "autorestart": "true",

@@ -4,15 +4,12 @@
 from __future__ import annotations
 
 import re
-import shutil
 import uuid
-from collections.abc import Iterator
 
 import httpx
 import pytest
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import Browser, Page, expect
 
-from shopmesh.tooling import install
 from shopmesh.tooling.realm import password
 from tests.conftest import email, wait_for
 
@@ -23,18 +20,6 @@ USERS = {
     "billing-manager": {"USER", "BILLING_MANAGER"},
     "mesh-admin": {"USER", "ADMIN"},
 }
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    """Chromium for this module's tests only: Playwright's sync API keeps an event loop running in this thread while
-    it is open, which later tests' asyncio.run() would trip over."""
-    install.ensure_tools({"chromium": "chromium"})
-    with sync_playwright() as playwright:
-        # As root (CI here) Chromium's sandbox cannot start; the pages are the console's own.
-        launched = playwright.chromium.launch(executable_path=shutil.which("chromium"), args=["--no-sandbox"])
-        yield launched
-        launched.close()
 
 
 @pytest.fixture

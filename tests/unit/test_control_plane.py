@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 
 from envoy.config.cluster.v3 import cluster_pb2
+from envoy.config.core.v3 import base_pb2
 from envoy.service.discovery.v3 import discovery_pb2
 from google.rpc import status_pb2
+from prometheus_client import REGISTRY
 
 from services.control_plane import snapshot
 from services.control_plane.ads import AggregatedDiscovery, SnapshotCache
@@ -65,8 +68,9 @@ class Stream:
         return self.written[-1]
 
 
-def _request(type_url=snapshot.CLUSTER_TYPE, version="", nonce="", names=(), error=""):
+def _request(type_url=snapshot.CLUSTER_TYPE, version="", nonce="", names=(), error="", node="metrics-envoy"):
     return discovery_pb2.DiscoveryRequest(
+        node=base_pb2.Node(id=node),
         type_url=type_url,
         version_info=version,
         response_nonce=nonce,
@@ -148,3 +152,28 @@ def test_a_rejected_version_is_not_pushed_again():
         assert len(stream.written) == 1
 
     _run(scenario)
+
+
+def _count(name: str, node: str, type_name: str = "cluster") -> float:
+    return REGISTRY.get_sample_value(name, {"envoy": node, "type": type_name}) or 0.0
+
+
+def test_pushes_acks_and_nacks_are_counted_per_envoy():
+    node = f"envoy-{uuid.uuid4().hex[:6]}"
+
+    async def scenario(cache, stream):
+        cache.set(snapshot.build(INSTANCES))
+        stream.requests.put_nowait(_request(node=node))
+        first = await stream.next_response()
+        stream.requests.put_nowait(_request(version=first.version_info, nonce=first.nonce, node=node))
+        cache.set(snapshot.build({"customer-service": []}))
+        second = await stream.next_response()
+        stream.requests.put_nowait(_request(nonce=second.nonce, error="bad cluster", node=node))
+        await asyncio.sleep(0.05)
+
+    _run(scenario)
+    assert _count("shopmesh_xds_pushes_total", node) == 2
+    assert _count("shopmesh_xds_acks_total", node) == 1
+    assert _count("shopmesh_xds_nacks_total", node) == 1
+    current = snapshot.build({"customer-service": []}).version
+    assert REGISTRY.get_sample_value("shopmesh_xds_snapshot_info", {"version": current}) == 1

@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 import bytewax.operators as op
 from bytewax.connectors.kafka import KafkaSourceMessage
 from bytewax.testing import TestingSink, TestingSource, run_main
+from prometheus_client import REGISTRY
 
 from dataflows import totals_5s, totals_by_customer
 from dataflows.kafka import Edges
@@ -116,3 +117,40 @@ def test_totals_by_customer_publishes_each_running_total_and_dead_letters_what_i
     assert letters[10]["error"].startswith("not JSON") and letters[10]["raw"] == "not json"
     assert letters[11]["error"].startswith("amount is negative")
     assert [r.key for r in topics.written[SETTINGS.dlq_topic]] == [b"k", None]
+
+
+def _metric(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+def test_the_dataflows_count_what_they_read_emit_and_dead_letter():
+    by_customer = {"dataflow": "totals_by_customer"}
+    before = {
+        "read": _metric("shopmesh_dataflow_events_read_total", **by_customer),
+        "emitted": _metric("shopmesh_dataflow_customer_totals_emitted_total", **by_customer),
+        "not_json": _metric("shopmesh_dataflow_dead_letters_total", **by_customer, reason="not_json"),
+        "amount": _metric("shopmesh_dataflow_dead_letters_total", **by_customer, reason="amount"),
+        "windows": _metric("shopmesh_dataflow_windows_emitted_total", dataflow="totals_5s"),
+    }
+    bad_amount = (
+        b'{"invoice_id": "x", "customer_name": "Imane", "amount": "1.234", "issued_at": "2026-11-28T23:00:00Z"}'
+    )
+    messages = [
+        *_invoices(("a", "Imane", 1001, 0), ("b", "Yassine", 2099, 1), ("c", "Imane", 5, 7)),
+        _message(b"\xff not json", 3),
+        _message(bad_amount, 4),
+    ]
+    run_main(totals_by_customer.flow(SETTINGS, Topics(messages).edges()))
+    assert _metric("shopmesh_dataflow_events_read_total", **by_customer) - before["read"] == 5
+    assert _metric("shopmesh_dataflow_customer_totals_emitted_total", **by_customer) - before["emitted"] == 3
+    assert _metric("shopmesh_dataflow_dead_letters_total", **by_customer, reason="not_json") - before["not_json"] == 1
+    assert _metric("shopmesh_dataflow_dead_letters_total", **by_customer, reason="amount") - before["amount"] == 1
+    # The latest issued_at counted is BASE + 7 s: the lag is now minus that.
+    lag = _metric("shopmesh_dataflow_event_time_lag_seconds", **by_customer)
+    expected = (datetime.now(UTC) - (BASE + timedelta(seconds=7))).total_seconds()
+    assert abs(lag - expected) < 60
+
+    run_main(totals_5s.flow(SETTINGS, Topics(messages).edges()))
+    # Two windows close: [0, 5) and [5, 10); the 5-second flow reports no unreadable message (the other one does).
+    assert _metric("shopmesh_dataflow_windows_emitted_total", dataflow="totals_5s") - before["windows"] == 2
+    assert _metric("shopmesh_dataflow_dead_letters_total", **by_customer, reason="not_json") - before["not_json"] == 1
