@@ -409,7 +409,12 @@ def _build_prometheus(staging: Path) -> None:
         env={"PATH": search_path},
     )
     for flag in ("--build-module", "--mantine-ui"):
-        run_step(f"prometheus UI: build_ui.sh {flag}", ["bash", "build_ui.sh", flag], cwd=ui_source, env={"PATH": search_path})
+        run_step(
+            f"prometheus UI: build_ui.sh {flag}",
+            ["bash", "build_ui.sh", flag],
+            cwd=ui_source,
+            env={"PATH": search_path},
+        )
     (staging / "ui").mkdir()
     shutil.move(ui_source / "static", staging / "ui" / "static")
     for leftover in (source, ui_source, tools):
