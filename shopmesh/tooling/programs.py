@@ -149,15 +149,24 @@ def _consul(settings: Settings, installed: Installed) -> Program:
     )
 
 
-def register_kafka(settings: Settings, agent: consul.Consul) -> None:
+def _register(agent: consul.Consul, host: str, name: str, port: int, tags: list[str], check: dict, meta: dict) -> None:
+    """Register a part that cannot register itself (it is not ours), with its health check and where its metrics
+    are (shopmesh.runtime.metrics.announce)."""
     agent.agent.service.register(
+        name, service_id=name, address=host, port=port, tags=tags, check=check, meta=meta, replace_existing_checks=True
+    )
+
+
+def register_kafka(settings: Settings, agent: consul.Consul) -> None:
+    check = {"TCP": f"{settings.host}:{settings.kafka_port}", "Interval": "10s"}
+    _register(
+        agent,
+        settings.host,
         "kafka",
-        service_id="kafka",
-        address=settings.host,
-        port=settings.kafka_port,
-        tags=["broker", "kraft"],
-        check={"TCP": f"{settings.host}:{settings.kafka_port}", "Interval": "10s"},
-        meta=metrics.announce(settings.kafka_metrics_port),
+        settings.kafka_port,
+        ["broker", "kraft"],
+        check,
+        metrics.announce(settings.kafka_metrics_port),
     )
 
 
@@ -230,14 +239,15 @@ def _kafka(settings: Settings, installed: Installed) -> Program:
 
 def register_keycloak(settings: Settings, agent: consul.Consul) -> None:
     discovery = f"{settings.keycloak_url}/realms/shopmesh/.well-known/openid-configuration"
-    agent.agent.service.register(
+    check = {"HTTP": discovery, "Interval": "10s"}
+    _register(
+        agent,
+        settings.host,
         "keycloak",
-        service_id="keycloak",
-        address=settings.host,
-        port=settings.keycloak_port,
-        tags=["oidc"],
-        check={"HTTP": discovery, "Interval": "10s"},
-        meta=metrics.announce(settings.keycloak_management_port),
+        settings.keycloak_port,
+        ["oidc"],
+        check,
+        metrics.announce(settings.keycloak_management_port),
     )
 
 
@@ -301,15 +311,16 @@ def _keycloak(settings: Settings, installed: Installed) -> Program:
 
 
 def register_gateway(settings: Settings, agent: consul.Consul) -> None:
-    agent.agent.service.register(
+    # Envoy's statistics come from its admin interface, which binds the loopback address only.
+    check = {"HTTP": f"{settings.envoy_admin_url}/ready", "Interval": "5s"}
+    _register(
+        agent,
+        settings.host,
         "gateway",
-        service_id="gateway",
-        address=settings.host,
-        port=settings.gateway_port,
-        tags=["envoy"],
-        check={"HTTP": f"{settings.envoy_admin_url}/ready", "Interval": "5s"},
-        # Envoy's statistics come from its admin interface, which binds the loopback address only.
-        meta=metrics.announce(settings.envoy_admin_port, "/stats/prometheus"),
+        settings.gateway_port,
+        ["envoy"],
+        check,
+        metrics.announce(settings.envoy_admin_port, "/stats/prometheus"),
     )
 
 
@@ -343,14 +354,15 @@ def _envoy(settings: Settings, installed: Installed) -> Program:
 
 
 def register_prometheus(settings: Settings, agent: consul.Consul) -> None:
-    agent.agent.service.register(
+    check = {"HTTP": f"{settings.prometheus_url}/-/ready", "Interval": "10s"}
+    _register(
+        agent,
+        settings.host,
         "prometheus",
-        service_id="prometheus",
-        address=settings.host,
-        port=settings.prometheus_port,
-        tags=["metrics"],
-        check={"HTTP": f"{settings.prometheus_url}/-/ready", "Interval": "10s"},
-        meta=metrics.announce(settings.prometheus_port),
+        settings.prometheus_port,
+        ["metrics"],
+        check,
+        metrics.announce(settings.prometheus_port),
     )
 
 
