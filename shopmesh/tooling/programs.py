@@ -149,24 +149,45 @@ def _consul(settings: Settings, installed: Installed) -> Program:
     )
 
 
-def _register(agent: consul.Consul, host: str, name: str, port: int, tags: list[str], check: dict, meta: dict) -> None:
-    """Register a part that cannot register itself (it is not ours), with its health check and where its metrics
-    are (shopmesh.runtime.metrics.announce)."""
+def register(name: str, settings: Settings, agent: consul.Consul) -> None:
+    """Register a part that cannot register itself (it is not ours) with its health check, and where its metrics
+    are (shopmesh.runtime.metrics.announce). Envoy's come from its admin interface, which binds loopback only."""
+    keycloak_realm = f"{settings.keycloak_url}/realms/shopmesh/.well-known/openid-configuration"
+    port, tags, check, meta = {
+        "kafka": (
+            settings.kafka_port,
+            ["broker", "kraft"],
+            {"TCP": f"{settings.host}:{settings.kafka_port}"},
+            metrics.announce(settings.kafka_metrics_port),
+        ),
+        "keycloak": (
+            settings.keycloak_port,
+            ["oidc"],
+            {"HTTP": keycloak_realm},
+            metrics.announce(settings.keycloak_management_port),
+        ),
+        "gateway": (
+            settings.gateway_port,
+            ["envoy"],
+            {"HTTP": f"{settings.envoy_admin_url}/ready"},
+            metrics.announce(settings.envoy_admin_port, "/stats/prometheus"),
+        ),
+        "prometheus": (
+            settings.prometheus_port,
+            ["metrics"],
+            {"HTTP": f"{settings.prometheus_url}/-/ready"},
+            metrics.announce(settings.prometheus_port),
+        ),
+    }[name]
     agent.agent.service.register(
-        name, service_id=name, address=host, port=port, tags=tags, check=check, meta=meta, replace_existing_checks=True
-    )
-
-
-def register_kafka(settings: Settings, agent: consul.Consul) -> None:
-    check = {"TCP": f"{settings.host}:{settings.kafka_port}", "Interval": "10s"}
-    _register(
-        agent,
-        settings.host,
-        "kafka",
-        settings.kafka_port,
-        ["broker", "kraft"],
-        check,
-        metrics.announce(settings.kafka_metrics_port),
+        name,
+        service_id=name,
+        address=settings.host,
+        port=port,
+        tags=tags,
+        check={**check, "Interval": "5s"},
+        meta=meta,
+        replace_existing_checks=True,
     )
 
 
@@ -232,22 +253,8 @@ def _kafka(settings: Settings, installed: Installed) -> Program:
         requires=("consul",),
         deadline=120,
         prepare=prepare,
-        when_healthy=(partial(register_kafka, settings), partial(create_topics, settings)),
+        when_healthy=(partial(register, "kafka", settings), partial(create_topics, settings)),
         url=f"kafka://{settings.kafka_bootstrap}",
-    )
-
-
-def register_keycloak(settings: Settings, agent: consul.Consul) -> None:
-    discovery = f"{settings.keycloak_url}/realms/shopmesh/.well-known/openid-configuration"
-    check = {"HTTP": discovery, "Interval": "10s"}
-    _register(
-        agent,
-        settings.host,
-        "keycloak",
-        settings.keycloak_port,
-        ["oidc"],
-        check,
-        metrics.announce(settings.keycloak_management_port),
     )
 
 
@@ -305,22 +312,8 @@ def _keycloak(settings: Settings, installed: Installed) -> Program:
         requires=("consul",),
         deadline=300,
         prepare=lay_out_home,
-        when_healthy=(partial(register_keycloak, settings), partial(apply_realm, settings)),
+        when_healthy=(partial(register, "keycloak", settings), partial(apply_realm, settings)),
         url=f"{settings.keycloak_url}/admin/ (console), realm {settings.keycloak_url}/realms/shopmesh",
-    )
-
-
-def register_gateway(settings: Settings, agent: consul.Consul) -> None:
-    # Envoy's statistics come from its admin interface, which binds the loopback address only.
-    check = {"HTTP": f"{settings.envoy_admin_url}/ready", "Interval": "5s"}
-    _register(
-        agent,
-        settings.host,
-        "gateway",
-        settings.gateway_port,
-        ["envoy"],
-        check,
-        metrics.announce(settings.envoy_admin_port, "/stats/prometheus"),
     )
 
 
@@ -348,21 +341,8 @@ def _envoy(settings: Settings, installed: Installed) -> Program:
         requires=("consul", "mesh-control-plane", "keycloak"),
         deadline=60,
         prepare=partial(write_bootstrap, settings, bootstrap.parent),
-        when_healthy=(partial(register_gateway, settings),),
+        when_healthy=(partial(register, "gateway", settings),),
         url=settings.gateway_url,
-    )
-
-
-def register_prometheus(settings: Settings, agent: consul.Consul) -> None:
-    check = {"HTTP": f"{settings.prometheus_url}/-/ready", "Interval": "10s"}
-    _register(
-        agent,
-        settings.host,
-        "prometheus",
-        settings.prometheus_port,
-        ["metrics"],
-        check,
-        metrics.announce(settings.prometheus_port),
     )
 
 
@@ -403,6 +383,6 @@ def _prometheus(settings: Settings, installed: Installed) -> Program:
         requires=("consul",),
         deadline=60,
         prepare=partial(write_prometheus_config, settings, config),
-        when_healthy=(partial(register_prometheus, settings),),
+        when_healthy=(partial(register, "prometheus", settings),),
         url=f"{settings.prometheus_url}/ (graphs, targets, alerts)",
     )
