@@ -61,7 +61,7 @@ lock: $(STAMP)
 
 # The walkthrough's screenshots (docs/images/), taken by the browser test on the suite's own mesh.
 walkthrough-images: install
-	$(BIN)/pytest tests/integration/test_browser.py
+	$(BIN)/pytest tests/integration/test_browser.py tests/integration/test_prometheus.py -k "browser or web_ui"
 	mkdir -p docs/images && cp var/test/screenshots/*.png docs/images/
 
 clean: down

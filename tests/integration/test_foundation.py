@@ -120,6 +120,7 @@ def test_status_reports_every_part_healthy(mesh):
         "facturation-producer",
         "analytics-totals-5s",
         "analytics-totals-by-customer",
+        "prometheus",
     ]
     assert all(" healthy " in line for line in lines), status.stdout
 
@@ -161,6 +162,9 @@ def _isolated_env(tmp_path, **overrides: str) -> dict[str, str]:
         "gateway",
         "envoy_admin",
         "control_plane",
+        "prometheus",
+        "keycloak_management",
+        "kafka_metrics",
     ]
     env = {**os.environ, "SHOPMESH_VAR_DIR": str(tmp_path / "var")}
     env.update({f"SHOPMESH_{name.upper()}_PORT": str(_free_port()) for name in ports})
