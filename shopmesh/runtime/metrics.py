@@ -243,11 +243,12 @@ def _observing(labels: tuple[str, str, str], rid: str, context: grpc.aio.Service
         outcome.code = grpc.StatusCode.UNKNOWN
         raise
     finally:
-        SERVER_SECONDS.labels(*labels).observe(time.perf_counter() - started)
+        elapsed = time.perf_counter() - started
         SERVER_HANDLED.labels(*labels, code_label(outcome.code)).inc()
         in_flight.dec()
         if spent[0]:
             DATABASE_SECONDS.labels(*labels[:2]).observe(spent[0])
+        SERVER_SECONDS.labels(*labels).observe(elapsed)  # last: a call's whole bookkeeping is done once it counts
         try:
             _request_id.reset(rid_token)
             _database.reset(database_token)

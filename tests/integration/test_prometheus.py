@@ -151,6 +151,12 @@ def test_a_request_through_the_gateway_moves_its_counter_with_method_and_code(me
     before = _sample(mesh, "customer-service", "grpc_server_handled_total", labels)
     ok_before = _sample(mesh, "customer-service", "grpc_server_handled_total", {**labels, "grpc_code": "OK"})
     assert admin.get(f"/v1/customers/{uuid.uuid4().hex}").status_code == 404
+    # The service sends an error's status before its own bookkeeping of the call ends: the count follows at once.
+    wait_for(
+        lambda: _sample(mesh, "customer-service", "grpc_server_handled_total", labels) == before + 1,
+        5,
+        "the NotFound to be counted once",
+    )
     assert _sample(mesh, "customer-service", "grpc_server_handled_total", labels) == before + 1
     assert _sample(mesh, "customer-service", "grpc_server_handled_total", {**labels, "grpc_code": "OK"}) == ok_before
     # The gateway counts the tokens it refused, and the roles it found missing.
@@ -297,8 +303,10 @@ def test_the_web_ui_graphs_requests_errors_latency_lag_and_outbox_age(mesh, brow
     # Each panel draws its chart (uPlot, a canvas) once its range query answers.
     expect(page.locator(".uplot canvas")).to_have_count(len(GRAPHED), timeout=30_000)
     folder = mesh.var_dir / "screenshots"
-    folder.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=folder / "prometheus-graphs.png", full_page=True)
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    shot = folder / "prometheus-graphs.png"
+    page.screenshot(path=shot, full_page=True)
+    shot.chmod(0o600)  # var/ is its owner's only (test_security); Chromium writes with the test's own umask
     page.goto(f"{mesh.prometheus_url}/targets")
     for job in PARTS:
         expect(page.get_by_text(f'job="{job}"', exact=True).first).to_be_visible(timeout=30_000)
