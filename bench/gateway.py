@@ -23,7 +23,7 @@ from shopmesh.runtime.settings import load
 from shopmesh.tooling import realm
 
 
-def measure(make_call: Callable[[], Callable[[], None]], seconds: float, clients: int) -> tuple[float, list[float]]:
+def measure(make_call: Callable[[], Callable[[], object]], seconds: float, clients: int) -> tuple[float, list[float]]:
     """Run `clients` closed loops for `seconds`; return requests/s and every latency in ms."""
     latencies: list[list[float]] = [[] for _ in range(clients)]
     stop = time.perf_counter() + seconds
@@ -50,7 +50,7 @@ def main() -> None:
     args = parser.parse_args()
     settings = load()
     bearer = (("authorization", f"Bearer {realm.token(settings, 'user1')['access_token']}"),)
-    direct = f"{settings.host}:{settings.customer_service_port}"
+    direct = f"{settings.host}:{settings.service_ports['customer']}"
     gateway = f"{settings.host}:{settings.gateway_port}"
     with grpc.insecure_channel(direct) as channel:
         customer_id = (
@@ -60,12 +60,12 @@ def main() -> None:
             .id
         )
 
-    def rest() -> Callable[[], None]:
+    def rest() -> Callable[[], object]:
         client = httpx.Client(base_url=settings.gateway_url, headers=dict(bearer))
         return lambda: client.get(f"/v1/customers/{customer_id}").raise_for_status()
 
-    def grpc_to(address: str) -> Callable[[], Callable[[], None]]:
-        def make() -> Callable[[], None]:
+    def grpc_to(address: str) -> Callable[[], Callable[[], object]]:
+        def make() -> Callable[[], object]:
             stub = pb_grpc.CustomerServiceStub(grpc.insecure_channel(address))
             return lambda: stub.GetCustomer(pb.GetCustomerRequest(id=customer_id), timeout=5, metadata=bearer)
 

@@ -126,7 +126,7 @@ def paths(settings: Settings, customer_id: str, product_id: str, bill_id: str) -
             f"{gateway}/v1/customers/{customer_id}",
             None,
             "shopmesh.customer.v1.CustomerService/GetCustomer",
-            settings.customer_service_port,
+            settings.service_ports["customer"],
             {"id": customer_id},
         ),
         Operation(
@@ -135,7 +135,7 @@ def paths(settings: Settings, customer_id: str, product_id: str, bill_id: str) -
             f"{gateway}/v1/customers?pageSize=50",
             None,
             "shopmesh.customer.v1.CustomerService/ListCustomers",
-            settings.customer_service_port,
+            settings.service_ports["customer"],
             {"page_size": 50},
         ),
         Operation(
@@ -144,7 +144,7 @@ def paths(settings: Settings, customer_id: str, product_id: str, bill_id: str) -
             f"{gateway}/v1/bills/{bill_id}",
             None,
             "shopmesh.billing.v1.BillingService/GetBill",
-            settings.billing_service_port,
+            settings.service_ports["billing"],
             {"id": bill_id},
         ),
         Operation(
@@ -153,7 +153,7 @@ def paths(settings: Settings, customer_id: str, product_id: str, bill_id: str) -
             f"{gateway}/v1/bills",
             bill,
             "shopmesh.billing.v1.BillingService/CreateBill",
-            settings.billing_service_port,
+            settings.service_ports["billing"],
             {"customer_id": customer_id, "items": [{"product_id": product_id, "quantity": 1}]},
         ),
     ]

@@ -165,7 +165,7 @@ def throughput(
             ) < records_when_done:
                 if records and first is None:
                     first = time.perf_counter() - began
-                if dataflow.process.poll() is not None:
+                if dataflow.running.poll() is not None:
                     raise SystemExit(f"{name} exited:\n{dataflow.log()[-3000:]}")
                 time.sleep(0.2)
             elapsed = time.perf_counter() - began
