@@ -4,7 +4,8 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run up down status logs watch install test unit lint lock walkthrough-images clean
+.PHONY: run up down status logs watch install test unit lint lock walkthrough-images clean \
+	run-cluster up-cluster down-cluster status-cluster test-cluster
 
 # Every Python package comes from a lock file, each checked against its hash: requirements.lock holds what the mesh
 # runs (the Docker image installs it), requirements-dev.lock adds the tests' and checks' tools within the same
@@ -36,6 +37,20 @@ logs: $(STAMP)
 
 watch: $(STAMP)
 	$(BIN)/shopmesh watch
+
+# The cluster topology (README: Scaling out): three Consul servers, three Kafka nodes, two of everything else, on
+# the loopback hosts 127.0.0.2-4, with its own state under var/cluster/.
+run-cluster: $(STAMP)
+	$(BIN)/shopmesh run --topology cluster
+
+up-cluster: $(STAMP)
+	$(BIN)/shopmesh up --topology cluster
+
+down-cluster: $(STAMP)
+	$(BIN)/shopmesh down --topology cluster
+
+status-cluster: $(STAMP)
+	$(BIN)/shopmesh status --topology cluster
 
 test: install lint
 	$(BIN)/pytest

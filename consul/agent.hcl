@@ -1,9 +1,8 @@
-# The single-node Consul server of a shopmesh checkout. Ports and the data folder come from the command line
-# (shopmesh/tooling/programs.py), so that they follow the SHOPMESH_* settings.
+# Every Consul agent of a shopmesh checkout: the single mesh's one server, and the cluster's three servers and its
+# client agent. Whether it is a server (-server, -bootstrap-expect), its name, addresses, ports and data folder
+# come from the command line (shopmesh/tooling/programs.py), so that they follow the SHOPMESH_* settings.
 node_name        = "shopmesh"
 datacenter       = "dc1"
-server           = true
-bootstrap_expect = 1
 bind_addr        = "127.0.0.1"
 advertise_addr   = "127.0.0.1"
 client_addr      = "127.0.0.1"

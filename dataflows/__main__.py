@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import shutil
 import signal
 import threading
@@ -15,6 +16,7 @@ import time
 from datetime import timedelta
 from enum import StrEnum
 from pathlib import Path
+from typing import Annotated
 
 import typer
 from bytewax.errors import BytewaxRuntimeError
@@ -49,16 +51,22 @@ class Name(StrEnum):
 FLOWS = {Name.totals_5s.value: totals_5s.flow, Name.totals_by_customer.value: totals_by_customer.flow}
 
 
-def recovery_store(name: Name, settings: Settings) -> Path:
+def recovery_store(name: Name, settings: Settings, partitions: int = 1) -> Path:
+    """The dataflow's recovery store, made on first start with one partition per process of its Bytewax cluster:
+    every process reads and writes the same store (on one machine, or a shared file system)."""
     store = settings.recovery_dir / name.value
     if not store.exists():
-        # Made aside and renamed: a crash halfway leaves no store that looks ready.
-        staging = store.with_name(f"{store.name}.new")
+        # Made aside and renamed: a crash halfway leaves no store that looks ready, and of two processes making it
+        # at once, one's rename wins and the other's copy is dropped.
+        staging = store.with_name(f"{store.name}.new-{os.getpid()}")
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir(parents=True)
-        init_db_dir(staging, 1)
-        staging.rename(store)
-        log.info("created the recovery store %s", store)
+        init_db_dir(staging, partitions)
+        try:
+            staging.rename(store)
+            log.info("created the recovery store %s with %d partition(s)", store, partitions)
+        except OSError:
+            shutil.rmtree(staging, ignore_errors=True)
     return store
 
 
@@ -80,11 +88,22 @@ def _stop(signum, frame) -> None:
     raise KeyboardInterrupt
 
 
-def main(name: Name) -> None:
-    """Run the dataflow NAME until stopped."""
+def main(
+    name: Name,
+    process_id: Annotated[
+        int | None,
+        typer.Option(help="This process's place in the dataflow's Bytewax cluster (the cluster topology's hosts)."),
+    ] = None,
+) -> None:
+    """Run the dataflow NAME until stopped: alone, or as process PROCESS_ID of a Bytewax cluster."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = load()
-    store = recovery_store(name, settings)
+    addresses = settings.dataflow_addresses(list(Name).index(name))
+    if process_id is not None and not 0 <= process_id < len(addresses):
+        raise typer.BadParameter(
+            f"there are {len(addresses)} processes of {name.value} in this topology", param_hint="--process-id"
+        )
+    store = recovery_store(name, settings, partitions=max(1, len(addresses)))
     SNAPSHOT_AGE.labels(name.value).set_function(lambda: _snapshot_age(store))
     announced = metrics.serve(settings.host, settings.metrics_port)
     registration = Registration(
@@ -109,6 +128,8 @@ def main(name: Name) -> None:
         )
         cli_main(
             FLOWS[name.value](settings),
+            process_id=process_id,
+            addresses=addresses or None,
             epoch_interval=timedelta(seconds=settings.analytics_snapshot_seconds),
             recovery_config=RecoveryConfig(store),
         )

@@ -14,7 +14,8 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 from kafka.admin import KafkaAdminClient, NewTopic
-from kafka.errors import TopicAlreadyExistsError
+from kafka.errors import KafkaError, TopicAlreadyExistsError
+from tenacity import retry, retry_if_result, stop_after_delay, wait_fixed
 
 from kafka import KafkaProducer
 from shopmesh.runtime.money import BadAmount, format_cents, to_cents
@@ -168,16 +169,40 @@ def producer(settings: Settings) -> KafkaProducer:
     )
 
 
+@retry(
+    retry=retry_if_result(lambda brokers: brokers is not None),
+    stop=stop_after_delay(60),
+    wait=wait_fixed(0.5),
+    retry_error_callback=lambda state: _too_few_brokers(state.outcome.result() if state.outcome else 0),
+)
+def _wait_for_brokers(admin: KafkaAdminClient, wanted: int) -> int | None:
+    """None once wanted brokers are in the cluster (a topic's replicas need them), else how many there are."""
+    brokers = len(admin.describe_cluster()["brokers"])
+    return None if brokers >= wanted else brokers
+
+
+def _too_few_brokers(brokers: int) -> None:
+    raise KafkaError(f"only {brokers} Kafka broker(s) joined within 60 s, fewer than the topics' replicas")
+
+
 def ensure_topics(settings: Settings) -> list[str]:
-    """Create the contract's topics that are missing; return the ones created."""
+    """Create the contract's topics that are missing, each on as many brokers as the topology has, with writes
+    needing all replicas but one (min.insync.replicas); return the ones created."""
     wanted = topics(settings)
     admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap, request_timeout_ms=10000)
     try:
+        _wait_for_brokers(admin, settings.kafka_replication)
         missing = [name for name in wanted if name not in set(admin.list_topics())]
         created = []
         for name in missing:
             try:
-                admin.create_topics([NewTopic(name, num_partitions=wanted[name], replication_factor=1)])
+                replicated = NewTopic(
+                    name,
+                    num_partitions=wanted[name],
+                    replication_factor=settings.kafka_replication,
+                    topic_configs={"min.insync.replicas": str(settings.kafka_min_insync)},
+                )
+                admin.create_topics([replicated])
                 created.append(name)
             except TopicAlreadyExistsError:
                 pass  # another process created it meanwhile

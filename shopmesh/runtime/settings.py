@@ -6,8 +6,9 @@ import os
 import socket
 from functools import cached_property
 from pathlib import Path
+from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from shopmesh.runtime.catalogue import SERVICES
@@ -30,6 +31,18 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="SHOPMESH_", env_nested_delimiter="__", frozen=True)
 
+    topology: Literal["single", "cluster"] = Field(
+        "single",
+        description="single: one of everything on 127.0.0.1. cluster: three Consul servers, three Kafka nodes, two of "
+        "every service, control plane, dataflow process and Keycloak node, on the loopback hosts of cluster_hosts, "
+        "with state under var/cluster/ (docs: README, Scaling out).",
+    )
+    cluster_hosts: list[str] = Field(
+        default_factory=lambda: ["127.0.0.2", "127.0.0.3", "127.0.0.4"],
+        min_length=3,
+        max_length=3,
+        description="The cluster's three node hosts (loopback addresses here; real hosts' addresses elsewhere).",
+    )
     host: str = Field("127.0.0.1", description="Address every process binds to.")
     # Natively every part is on `host`. In containers (docker-compose.yml) each part binds 0.0.0.0 and is reached
     # by its container's name, so where a part is reached at comes from these, each defaulting to `host`.
@@ -113,6 +126,12 @@ class Settings(BaseSettings):
     analytics_snapshot_seconds: float = Field(
         2.0, gt=0, description="Bytewax snapshot interval: at most this much input is read again after a crash."
     )
+    dataflow_cluster_port: int = Field(
+        17100, description="Port of a dataflow process's Bytewax cluster link on its host (the second dataflow's +1)."
+    )
+    postgres_port: int = Field(5432, description="PostgreSQL of the cluster topology (Keycloak's and the services').")
+    # Development default, clearly not a secret: override SHOPMESH_POSTGRES_PASSWORD outside a laptop.
+    postgres_password: str = "shopmesh-postgres-dev-only"
     kafka_heap: str = Field("512m", description="Kafka broker heap (-Xms and -Xmx).")
     keycloak_heap: str = Field("768m", description="Keycloak maximum heap.")
     keycloak_java_home: Path | None = Field(None, description="JDK for Keycloak; by default the newest JDK 21+ found.")
@@ -126,6 +145,14 @@ class Settings(BaseSettings):
     # laptop (SHOPMESH_CONSOLE_CLIENT_SECRET, SHOPMESH_CONSOLE_HMAC_SECRET).
     console_client_secret: str = "shopmesh-console-dev-secret"
     console_hmac_secret: str = "shopmesh-console-hmac-dev-only"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _cluster_state_apart(cls, values: dict) -> dict:
+        # The cluster keeps its own state (and its own supervisord) under var/cluster/, unless told otherwise.
+        if values.get("topology") == "cluster" and not values.get("var_dir"):
+            return {**values, "var_dir": PROJECT_ROOT / "var" / "cluster"}
+        return values
 
     @field_validator("service_ports", "database_urls")
     @classmethod
@@ -158,9 +185,82 @@ class Settings(BaseSettings):
         return self.instance_port if self.instance_port is not None else configured
 
     def database_url(self, service: str) -> str:
-        return self.database_urls.get(service) or f"sqlite:///{self.var_dir / 'data' / service}.db"
+        if url := self.database_urls.get(service):
+            return url
+        if self.clustered:
+            # One database per service on the cluster's PostgreSQL, which every instance, on any host, reaches.
+            return (
+                f"postgresql+psycopg://shopmesh:{self.postgres_password}@{self.postgres_host}:{self.postgres_port}/"
+                f"{service}"
+            )
+        return f"sqlite:///{self.var_dir / 'data' / service}.db"
 
-    @cached_property
+    @property
+    def clustered(self) -> bool:
+        return self.topology == "cluster"
+
+    def on(self, host: str) -> Settings:
+        """These settings for a process on another host of the cluster: it binds and is registered there, and
+        reaches the edge's parts (Consul's client agent, Keycloak) where they are."""
+        return self.model_copy(
+            update={
+                "host": host,
+                "consul_host": self.consul_address,
+                "keycloak_host": self.keycloak_address,
+                "control_plane_host": self.control_plane_address,
+            }
+        )
+
+    @property
+    def consul_servers(self) -> list[str]:
+        """Hosts of the Consul servers: this one alone, or the cluster's three (the client agent is on host)."""
+        return self.cluster_hosts if self.clustered else [self.host]
+
+    @property
+    def kafka_hosts(self) -> list[str]:
+        """Hosts of the Kafka nodes, each broker and controller, with ids 1, 2, 3 in this order."""
+        return self.cluster_hosts if self.clustered else [self.kafka_address]
+
+    @property
+    def kafka_replication(self) -> int:
+        """Replicas of every topic; writes need all but one of them (min.insync.replicas)."""
+        return len(self.kafka_hosts)
+
+    @property
+    def kafka_min_insync(self) -> int:
+        return max(1, self.kafka_replication - 1)
+
+    @property
+    def kafka_voters(self) -> str:
+        return ",".join(
+            f"{node}@{host}:{self.kafka_controller_port}" for node, host in enumerate(self.kafka_hosts, start=1)
+        )
+
+    @property
+    def instance_hosts(self) -> list[str]:
+        """Hosts of a service's instances, of the control planes and of a dataflow's processes: two in the cluster."""
+        return self.cluster_hosts[:2] if self.clustered else [self.host]
+
+    @property
+    def control_plane_hosts(self) -> list[str]:
+        return self.instance_hosts if self.clustered else [self.control_plane_address]
+
+    @property
+    def keycloak_hosts(self) -> list[str]:
+        """Keycloak's nodes: the edge's (where browsers sign in) and, in the cluster, a second on another host."""
+        return [self.keycloak_address, self.cluster_hosts[1]] if self.clustered else [self.keycloak_address]
+
+    @property
+    def postgres_host(self) -> str:
+        return self.cluster_hosts[2]
+
+    def dataflow_addresses(self, index: int) -> list[str]:
+        """Where the processes of the index-th dataflow's Bytewax cluster link up (none when it is one process)."""
+        if not self.clustered:
+            return []
+        return [f"{host}:{self.dataflow_cluster_port + index}" for host in self.instance_hosts]
+
+    @property
     def advertise_address(self) -> str:
         """Where others reach this process: advertise_host; else, bound to every interface (in a container), the
         address of this machine's name; else the address it binds."""
@@ -211,7 +311,7 @@ class Settings(BaseSettings):
 
     @property
     def kafka_bootstrap(self) -> str:
-        return f"{self.kafka_address}:{self.kafka_port}"
+        return ",".join(f"{host}:{self.kafka_port}" for host in self.kafka_hosts)
 
 
 def load() -> Settings:

@@ -46,16 +46,14 @@ def port_holder(host: str, port: int) -> str | None:
 
 def check_ports(settings: Settings, wanted: Sequence[Program]) -> None:
     taken = [
-        f"  port {port} ({purpose}) is in use by {holder}"
+        f"  port {port} on {program.host or settings.host} ({purpose}) is in use by {holder}"
         for program in wanted
         for purpose, port in program.ports.items()
-        if (holder := port_holder(settings.host, port))
+        if (holder := port_holder(program.host or settings.host, port))
     ]
     if taken:
         raise StackError(
-            "cannot start: ports are taken on "
-            + settings.host
-            + "\n"
+            "cannot start: ports are taken\n"
             + "\n".join(taken)
             + "\nStop what holds them, or move shopmesh with SHOPMESH_<NAME>_PORT (see README)."
         )
@@ -130,7 +128,8 @@ class BringUp:
 def up(settings: Settings, installed: Installed, report: Callable[[str], None] = print) -> list[Program]:
     """Bring the whole mesh up and return once every program is healthy; on failure stop everything."""
     codegen.generate()
-    plan_instances(settings)
+    if not settings.clustered:  # the cluster runs two instances of each service, one per host
+        plan_instances(settings)
     wanted = programs(settings, installed)
     supervisor = Supervisor(settings)
     running = supervisor.info()

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
@@ -27,6 +28,29 @@ from shopmesh.tooling.supervise import UMASK, Supervisor
 NAME_WIDTH = 29
 
 app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+
+
+class Topology(StrEnum):
+    single = "single"
+    cluster = "cluster"
+
+
+TopologyOption = Annotated[
+    Topology | None,
+    typer.Option(
+        help="single (the default): one of everything on 127.0.0.1. cluster: three Consul servers and Kafka nodes, "
+        "two of everything else, on 127.0.0.2-4, with its state under var/cluster/ (README: Scaling out). "
+        "Also SHOPMESH_TOPOLOGY.",
+    ),
+]
+
+
+def _load(topology: Topology | None = None) -> Settings:
+    """The settings, in the topology asked for: it is put in the environment, so the process manager and every
+    part it starts run in it too."""
+    if topology is not None:
+        os.environ["SHOPMESH_TOPOLOGY"] = topology.value
+    return load()
 
 
 @app.callback()
@@ -93,15 +117,15 @@ def codegen_command() -> None:
 
 
 @app.command()
-def up() -> None:
+def up(topology: TopologyOption = None) -> None:
     """Start the whole mesh in the background and return once every part is healthy."""
-    _up(load())
+    _up(_load(topology))
 
 
 @app.command()
-def run() -> None:
+def run(topology: TopologyOption = None) -> None:
     """Start the whole mesh and stay in the foreground; Ctrl-C stops every part."""
-    settings = load()
+    settings = _load(topology)
     # SIGTERM (from a process manager or `kill`) stops the mesh as Ctrl-C does.
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     # Ctrl-C even when started from a shell's background job, which starts its commands with SIGINT ignored.
@@ -121,17 +145,17 @@ def run() -> None:
 
 
 @app.command()
-def down() -> None:
+def down(topology: TopologyOption = None) -> None:
     """Stop every part of this checkout's mesh; nothing is left running."""
-    settings = load()
+    settings = _load(topology)
     say("stopping …" if Supervisor(settings).running() else "nothing is running")
     bringup.down(settings)
 
 
 @app.command()
-def status() -> None:
+def status(topology: TopologyOption = None) -> None:
     """Show each part: its process state, its health and its address. Exits 1 unless all are healthy."""
-    settings = load()
+    settings = _load(topology)
     supervisor = Supervisor(settings)
     processes = supervisor.info()
     if not processes:
@@ -158,6 +182,12 @@ def scale(
 ) -> None:
     """Run SERVICE as INSTANCES processes; each registers in Consul under the same name and takes traffic."""
     settings = load()
+    if settings.clustered:
+        fail(
+            bringup.StackError(
+                "the cluster topology runs two instances of each service, one per host; scale the single mesh"
+            )
+        )
     if not Supervisor(settings).running():
         fail(bringup.StackError("shopmesh is not running: start it with `make up` first"))
     name = service.removesuffix("-service")
@@ -189,12 +219,13 @@ def token(
     full: Annotated[
         bool, typer.Option("--json", help="Print the whole token response (with the refresh token).")
     ] = False,
+    topology: TopologyOption = None,
 ) -> None:
     """Print an access token of the shopmesh realm, by password grant (--user) or refresh-token grant (--refresh)."""
     if bool(user) == bool(refresh):
         fail(typer.BadParameter("give either --user USER or --refresh TOKEN"))
     try:
-        answer = realm.token(load(), user, password, refresh)
+        answer = realm.token(_load(topology), user, password, refresh)
     except KeycloakError as error:
         message = error.error_message
         message = message.decode(errors="replace") if isinstance(message, bytes) else message
@@ -212,9 +243,10 @@ def logs(
     part: Annotated[str | None, typer.Argument(help="consul, kafka, customer-service, …; all when left out")] = None,
     follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new lines.")] = False,
     lines: Annotated[int, typer.Option("--lines", "-n", help="How many last lines.")] = 40,
+    topology: TopologyOption = None,
 ) -> None:
     """Print the last lines of a part's log (all parts' logs when no part is named)."""
-    settings = load()
+    settings = _load(topology)
     files = sorted(settings.log_dir.glob(f"{part or '*'}.log"))
     if not files:
         fail(FileNotFoundError(f"no log for {part or 'any part'} under {settings.log_dir}"))
@@ -257,9 +289,10 @@ def watch_command(
     once: Annotated[
         bool, typer.Option("--once", help="Print the tables once and exit, instead of refreshing.")
     ] = False,
+    topology: TopologyOption = None,
 ) -> None:
     """Show the dataflows' output topics live: the latest 5-second windows, and each customer's total."""
-    settings = load()
+    settings = _load(topology)
     try:
         shown = watch.watch(settings, watch.View(windows_shown=windows), once=once)
     except KafkaError as error:

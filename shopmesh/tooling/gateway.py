@@ -155,8 +155,8 @@ def write_bootstrap(settings: Settings, folder: Path) -> Path:
             host=settings.host,
             gateway_port=settings.gateway_port,
             admin_port=settings.envoy_admin_port,
-            control_plane_host=settings.control_plane_address,
-            control_plane_port=settings.control_plane_port,
+            control_plane_endpoints=_endpoints(settings.control_plane_hosts, settings.control_plane_port),
+            keycloak_endpoints=_endpoints(settings.keycloak_hosts, settings.keycloak_port),
             keycloak_host=settings.keycloak_address,
             keycloak_port=settings.keycloak_port,
             issuer=settings.keycloak_issuer,
@@ -170,6 +170,12 @@ def write_bootstrap(settings: Settings, folder: Path) -> Path:
         )
     )
     return bootstrap
+
+
+def _endpoints(hosts: list[str], port: int) -> str:
+    return json.dumps(
+        [{"endpoint": {"address": {"socket_address": {"address": host, "port_value": port}}}} for host in hosts]
+    )
 
 
 def write_secrets(settings: Settings, folder: Path) -> Path:

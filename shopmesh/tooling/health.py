@@ -27,15 +27,17 @@ def consul_leader(settings: Settings) -> str | None:
     return None if leader else f"no leader elected yet (HTTP {answer.status_code})"
 
 
-def kafka_metadata(settings: Settings) -> str | None:
-    """Healthy once the broker answers a metadata request."""
+def kafka_metadata(settings: Settings, broker: str | None = None) -> str | None:
+    """Healthy once the broker (by default the settings' first) answers a metadata request."""
     logging.getLogger("kafka").setLevel(logging.CRITICAL)
+    broker = broker or f"{settings.kafka_hosts[0]}:{settings.kafka_port}"
+    host, port = broker.rsplit(":", 1)
     try:
-        socket.create_connection((settings.kafka_address, settings.kafka_port), timeout=1).close()
+        socket.create_connection((host, int(port)), timeout=1).close()
     except OSError as error:
         return f"broker not listening: {error}"
     try:
-        admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap, request_timeout_ms=3000)
+        admin = KafkaAdminClient(bootstrap_servers=broker, request_timeout_ms=3000)
     except KafkaError as error:
         return f"broker not answering: {error}"
     try:
@@ -115,3 +117,21 @@ def prometheus_ready(settings: Settings) -> str | None:
     except httpx.HTTPError as error:
         return f"Prometheus not answering: {error}"
     return None if answer.status_code == 200 else f"Prometheus /-/ready answered HTTP {answer.status_code}"
+
+
+def postgres_accepting(settings: Settings) -> str | None:
+    """Healthy once PostgreSQL accepts a connection with the mesh's password."""
+    import psycopg  # the postgres extra: only the cluster topology needs it
+
+    try:
+        with psycopg.connect(
+            host=settings.postgres_host,
+            port=settings.postgres_port,
+            user="shopmesh",
+            password=settings.postgres_password,
+            dbname="postgres",
+            connect_timeout=2,
+        ):
+            return None
+    except psycopg.Error as error:
+        return f"PostgreSQL not accepting connections: {str(error).strip()[:160]}"

@@ -19,6 +19,7 @@ import time
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 from filelock import FileLock
@@ -436,7 +437,7 @@ def _verify_prometheus(home: Path) -> str:
 # --- Keycloak: the Quarkus distribution zip from Maven Central ------------------------------------------------
 
 
-def _build_keycloak(staging: Path) -> None:
+def _build_keycloak(staging: Path, database: str = "dev-file") -> None:
     download = staging / "download"
     run_step(
         f"keycloak {KEYCLOAK_VERSION}: downloading the distribution from Maven Central (about 160 MB)",
@@ -467,10 +468,11 @@ def _build_keycloak(staging: Path) -> None:
     shutil.rmtree(download)
     # Build the optimized server once here, so that every start is `kc.sh start --optimized` (seconds instead
     # of a minute of re-augmentation) and nothing in the cache is rewritten at run time.
-    # Metrics are a build option: they are served on the management interface, beside the health endpoints.
+    # Metrics are a build option: they are served on the management interface, beside the health endpoints. So is
+    # the database's kind: the single mesh's Keycloak keeps an embedded file, the cluster's is on PostgreSQL.
     run_step(
-        f"keycloak {KEYCLOAK_VERSION}: building the optimized server (about a minute)",
-        [str(staging / "bin" / "kc.sh"), "build", "--db=dev-file", "--metrics-enabled=true"],
+        f"keycloak {KEYCLOAK_VERSION}: building the optimized server for the {database} database (about a minute)",
+        [str(staging / "bin" / "kc.sh"), "build", f"--db={database}", "--metrics-enabled=true"],
         env={"JAVA_HOME": str(java_home_for_keycloak(Settings()))},
     )
 
@@ -626,6 +628,13 @@ COMPONENTS = {
     "kafka": Component("kafka", KAFKA_VERSION, _build_kafka, _verify_kafka),
     # Revision 2: built with metrics enabled.
     "keycloak": Component("keycloak", KEYCLOAK_VERSION, _build_keycloak, _verify_keycloak, revision=2),
+    # The cluster topology's Keycloak nodes, which share a PostgreSQL database (and find each other through it).
+    "keycloak-postgres": Component(
+        "keycloak-postgres",
+        KEYCLOAK_VERSION,
+        partial(_build_keycloak, database="postgres"),
+        _verify_keycloak,
+    ),
     "jmx-exporter": Component("jmx-exporter", JMX_EXPORTER_VERSION, _build_jmx_exporter, _verify_jmx_exporter),
     "prometheus": Component("prometheus", PROMETHEUS_VERSION, _build_prometheus, _verify_prometheus),
     "envoy": Component("envoy", ENVOY_VERSION, _build_envoy, _verify_envoy),
@@ -647,6 +656,7 @@ class Installed:
     openapi: Path
     jmx_exporter: Path
     prometheus: Path
+    keycloak_postgres: Path
 
     @property
     def jmx_agent(self) -> Path:
@@ -662,6 +672,7 @@ def locations(settings: Settings) -> Installed:
         openapi=settings.cache_dir / COMPONENTS["protoc-gen-openapi"].key,
         jmx_exporter=settings.cache_dir / COMPONENTS["jmx-exporter"].key,
         prometheus=settings.cache_dir / COMPONENTS["prometheus"].key,
+        keycloak_postgres=settings.cache_dir / COMPONENTS["keycloak-postgres"].key,
     )
 
 
@@ -683,4 +694,25 @@ def ensure_all(settings: Settings) -> Installed:
         openapi=ensure(COMPONENTS["protoc-gen-openapi"], settings.cache_dir),
         jmx_exporter=ensure(COMPONENTS["jmx-exporter"], settings.cache_dir),
         prometheus=ensure(COMPONENTS["prometheus"], settings.cache_dir),
+        # Only the cluster topology runs Keycloak on PostgreSQL, and Debian's PostgreSQL server.
+        keycloak_postgres=_for_the_cluster(settings),
     )
+
+
+def _for_the_cluster(settings: Settings) -> Path:
+    home = settings.cache_dir / COMPONENTS["keycloak-postgres"].key
+    if not settings.clustered:
+        return home
+    ensure_tools({f"{POSTGRES_BIN}/postgres": "postgresql"})
+    return ensure(COMPONENTS["keycloak-postgres"], settings.cache_dir)
+
+
+#: Debian's PostgreSQL server, whichever major version the release ships.
+POSTGRES_BIN = "/usr/lib/postgresql/*/bin"
+
+
+def postgres_bin() -> Path:
+    found = sorted(Path("/").glob(POSTGRES_BIN.lstrip("/")), key=lambda path: int(path.parent.name))
+    if not found:
+        raise InstallError(f"no PostgreSQL server under {POSTGRES_BIN}: install the package postgresql")
+    return found[-1]

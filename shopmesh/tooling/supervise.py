@@ -25,14 +25,23 @@ UMASK = 0o077
 
 
 def owner_only(tree: Path) -> None:
-    """Take the group's and others' bits off everything under tree: for a var/ made before the umask was set."""
+    """Take the group's and others' bits off everything under tree: for a var/ made before the umask was set.
+
+    What another user owns there (the cluster's PostgreSQL, run as the postgres user when this is root) is left to
+    that user, and the folders above it keep only the others' right to pass through, not to list or read."""
     if not tree.exists():
         return
-    for path in [tree, *tree.rglob("*")]:
-        if not path.is_symlink():
-            mode = path.stat().st_mode & 0o7777
-            if mode & 0o077:
-                path.chmod(mode & 0o700)
+    me = os.geteuid()
+    paths = [path for path in [tree, *tree.rglob("*")] if not path.is_symlink()]
+    theirs = {path for path in paths if path.lstat().st_uid != me}
+    passages = {above for path in theirs for above in path.parents}
+    for path in paths:
+        if path in theirs or any(above in theirs for above in path.parents):
+            continue
+        mode = path.stat().st_mode & 0o7777
+        keep = 0o701 if path in passages else 0o700
+        if mode & ~keep & 0o077:
+            path.chmod(mode & keep)
 
 
 @dataclass(frozen=True)
@@ -47,6 +56,7 @@ class ProgramSpec:
     stop_seconds: int = 30
     secrets: Mapping[str, str] = field(default_factory=dict)
     directory: Path | None = None  # where it starts; by default the checkout
+    stop_signal: str = "TERM"  # PostgreSQL stops at once on INT; on TERM it waits for its clients to leave
 
 
 def _escape(value: str) -> str:
@@ -84,6 +94,7 @@ def render_config(settings: Settings, programs: Sequence[ProgramSpec]) -> str:
             "stopasgroup": "true",
             "killasgroup": "true",
             "stopwaitsecs": str(program.stop_seconds),
+            "stopsignal": program.stop_signal,
             "redirect_stderr": "true",
             "stdout_logfile": str(settings.log_dir / f"{program.name}.log"),
             "stdout_logfile_maxbytes": "20MB",
