@@ -48,6 +48,22 @@ TEST_MESH = {
 os.environ.update(TEST_MESH)
 
 
+def pytest_addoption(parser) -> None:
+    parser.addoption(
+        "--cluster",
+        action="store_true",
+        help="Run tests/cluster: the cluster topology's fault suite, on a cluster of its own (var/test-cluster/).",
+    )
+
+
+def pytest_ignore_collect(collection_path: Path, config) -> bool | None:
+    # The cluster's suite starts a cluster of its own, so it runs in a session of its own: `make test` runs both.
+    cluster = Path(__file__).parent / "cluster"
+    if collection_path == cluster and not config.getoption("--cluster"):
+        return True
+    return None
+
+
 def shopmesh(*args: str, env: dict[str, str] | None = None, timeout: float = 900) -> subprocess.CompletedProcess:
     """Run the CLI as a user would, capturing what it prints."""
     return subprocess.run([*SHOPMESH, *args], capture_output=True, text=True, env=env, timeout=timeout, check=False)

@@ -15,7 +15,7 @@ from decimal import Decimal
 
 from kafka.admin import KafkaAdminClient, NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
-from tenacity import retry, retry_if_result, stop_after_delay, wait_fixed
+from tenacity import RetryCallState, retry, retry_if_exception_type, retry_if_result, stop_after_delay, wait_fixed
 
 from kafka import KafkaProducer
 from shopmesh.runtime.money import BadAmount, format_cents, to_cents
@@ -170,10 +170,11 @@ def producer(settings: Settings) -> KafkaProducer:
 
 
 @retry(
-    retry=retry_if_result(lambda brokers: brokers is not None),
+    # A broker just started may be named in the metadata before it listens: asked again, as a short count is.
+    retry=retry_if_result(lambda brokers: brokers is not None) | retry_if_exception_type(KafkaError),
     stop=stop_after_delay(60),
     wait=wait_fixed(0.5),
-    retry_error_callback=lambda state: _too_few_brokers(state.outcome.result() if state.outcome else 0),
+    retry_error_callback=lambda state: _too_few_brokers(state),
 )
 def _wait_for_brokers(admin: KafkaAdminClient, wanted: int) -> int | None:
     """None once wanted brokers are in the cluster (a topic's replicas need them), else how many there are."""
@@ -181,7 +182,11 @@ def _wait_for_brokers(admin: KafkaAdminClient, wanted: int) -> int | None:
     return None if brokers >= wanted else brokers
 
 
-def _too_few_brokers(brokers: int) -> None:
+def _too_few_brokers(state: RetryCallState) -> None:
+    outcome = state.outcome
+    if outcome is not None and outcome.failed:
+        raise KafkaError(f"Kafka did not answer within 60 s: {outcome.exception()}")
+    brokers = outcome.result() if outcome is not None else 0
     raise KafkaError(f"only {brokers} Kafka broker(s) joined within 60 s, fewer than the topics' replicas")
 
 

@@ -129,7 +129,9 @@ class Settings(BaseSettings):
     dataflow_cluster_port: int = Field(
         17100, description="Port of a dataflow process's Bytewax cluster link on its host (the second dataflow's +1)."
     )
-    postgres_port: int = Field(5432, description="PostgreSQL of the cluster topology (Keycloak's and the services').")
+    postgres_port: int = Field(
+        5432, description="The cluster topology's PostgreSQL servers: Keycloak's, the services'."
+    )
     # Development default, clearly not a secret: override SHOPMESH_POSTGRES_PASSWORD outside a laptop.
     postgres_password: str = "shopmesh-postgres-dev-only"
     kafka_heap: str = Field("512m", description="Kafka broker heap (-Xms and -Xmx).")
@@ -188,10 +190,9 @@ class Settings(BaseSettings):
         if url := self.database_urls.get(service):
             return url
         if self.clustered:
-            # One database per service on the cluster's PostgreSQL, which every instance, on any host, reaches.
             return (
-                f"postgresql+psycopg://shopmesh:{self.postgres_password}@{self.postgres_host}:{self.postgres_port}/"
-                f"{service}"
+                f"postgresql+psycopg://shopmesh:{self.postgres_password}@{self.services_database_host}:"
+                f"{self.postgres_port}/{service}"
             )
         return f"sqlite:///{self.var_dir / 'data' / service}.db"
 
@@ -251,8 +252,14 @@ class Settings(BaseSettings):
         return [self.keycloak_address, self.cluster_hosts[1]] if self.clustered else [self.keycloak_address]
 
     @property
-    def postgres_host(self) -> str:
+    def keycloak_database_host(self) -> str:
+        """Keycloak's PostgreSQL server: a server of its own, restarted without touching the services' data."""
         return self.cluster_hosts[2]
+
+    @property
+    def services_database_host(self) -> str:
+        """The services' PostgreSQL server: one database per service, which each instance, on any host, reaches."""
+        return self.cluster_hosts[1]
 
     def dataflow_addresses(self, index: int) -> list[str]:
         """Where the processes of the index-th dataflow's Bytewax cluster link up (none when it is one process)."""

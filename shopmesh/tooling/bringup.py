@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import socket
 import time
+import xmlrpc.client
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -14,7 +15,7 @@ import psutil
 import consul
 from shopmesh.runtime.settings import Settings
 from shopmesh.tooling import codegen
-from shopmesh.tooling.install import Installed
+from shopmesh.tooling.install import Installed, locations
 from shopmesh.tooling.instances import plan_instances
 from shopmesh.tooling.programs import Program, programs
 from shopmesh.tooling.supervise import Supervisor
@@ -139,7 +140,7 @@ def up(settings: Settings, installed: Installed, report: Callable[[str], None] =
         BringUp(settings, supervisor, wanted, report).run()
     except BaseException:
         report("stopping everything that was started …")
-        supervisor.shutdown()
+        down(settings)
         raise
     return wanted
 
@@ -149,5 +150,29 @@ def down(settings: Settings) -> bool:
     supervisor = Supervisor(settings)
     if not supervisor.running():
         return False
+    if settings.clustered:
+        _stop_in_batches(settings, supervisor)
     supervisor.shutdown()
     return True
+
+
+def _stop_in_batches(settings: Settings, supervisor: Supervisor) -> None:
+    """The process manager stops one program after another, in reverse start order. Nodes of one cluster cannot
+    all stop so: the last of three Kafka nodes would wait for a controller quorum that left with the others, and a
+    Bytewax process waits for its peer. So the cluster is stopped in that order too, but each set of nodes of one
+    engine (Program.stops_with) at once."""
+    batches: list[tuple[str, list[str]]] = []
+    for program in reversed(programs(settings, locations(settings))):
+        if batches and program.stops_with and batches[-1][0] == program.stops_with:
+            batches[-1][1].append(program.name)
+        else:
+            batches.append((program.stops_with, [program.name]))
+    for _, batch in batches:
+        for name in batch:
+            try:
+                supervisor.rpc.stopProcess(name, False)
+            except xmlrpc.client.Fault:
+                pass  # not running
+        for name in batch:
+            while supervisor.state(name) in ("STOPPING", "RUNNING", "STARTING", "BACKOFF"):
+                time.sleep(0.2)

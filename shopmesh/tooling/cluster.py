@@ -4,7 +4,8 @@ its own (here the loopback addresses of Settings.cluster_hosts, each with the sa
 - Consul: three servers in one raft cluster, one per host, and the client agent on the edge host (Settings.host)
   that every part registers with, as each real host has its own.
 - Kafka: three KRaft nodes, broker and controller each, with every topic on all three, min.insync.replicas 2.
-- PostgreSQL (Debian's server): Keycloak's database and each service's.
+- PostgreSQL (Debian's server): two servers, one for Keycloak and one with a database per service, so that
+  either restarts without the other.
 - Keycloak: two nodes on that database, one on the edge host (where browsers sign in), one on a node host.
 - Two of each service, of the control plane and of each dataflow's Bytewax processes, on the first two hosts.
 - Envoy, the producer and Prometheus on the edge host, as in the single mesh.
@@ -41,9 +42,6 @@ from shopmesh.tooling.programs import (
 )
 from shopmesh.tooling.supervise import ProgramSpec
 
-#: The databases on the cluster's PostgreSQL: Keycloak's, and one per service.
-DATABASES = ("keycloak", *(service.name for service in SERVICES))
-
 
 def programs(settings: Settings, installed: Installed) -> list[Program]:
     nodes = range(1, len(settings.cluster_hosts) + 1)
@@ -52,7 +50,8 @@ def programs(settings: Settings, installed: Installed) -> list[Program]:
         *(_consul_server(settings, installed, node) for node in nodes),
         _consul_client(settings, installed),
         *(_kafka(settings, installed, node) for node in nodes),
-        _postgres(settings),
+        _postgres(settings, "keycloak-db", settings.keycloak_database_host, ("keycloak",)),
+        _postgres(settings, "services-db", settings.services_database_host, tuple(s.name for s in SERVICES)),
         *(_keycloak(settings, installed, node) for node in range(1, len(settings.keycloak_hosts) + 1)),
         *(_control_plane(settings, number) for number in pairs),
         _envoy(settings, installed),
@@ -111,6 +110,7 @@ def _consul_server(settings: Settings, installed: Installed, node: int) -> Progr
         probe=lambda settings: health.consul_leader(own),
         deadline=60,
         host=host,
+        stops_with="consul",
         url=f"{own.consul_url}/ui/ (server)",
     )
 
@@ -131,14 +131,15 @@ def _consul_client(settings: Settings, installed: Installed) -> Program:
         probe=health.consul_leader,
         requires=tuple(f"consul-{node}" for node in range(1, len(settings.consul_servers) + 1)),
         deadline=60,
+        stops_with="consul",
         url=f"{settings.consul_url}/ui/ (client agent; three servers)",
     )
 
 
-def _postgres(settings: Settings) -> Program:
-    """Debian's PostgreSQL server, on the third host, with its data under var/cluster/postgres/. PostgreSQL
+def _postgres(settings: Settings, name: str, host: str, databases: tuple[str, ...]) -> Program:
+    """A PostgreSQL server (Debian's) on host, with its data under var/cluster/NAME/, holding databases. PostgreSQL
     refuses to run as root: as root, it runs as the postgres user Debian's package creates, which owns the folder."""
-    folder = settings.var_dir / "postgres"
+    folder = settings.var_dir / name
     data = folder / "data"
     owner = _owner()
 
@@ -153,14 +154,14 @@ def _postgres(settings: Settings) -> Program:
             "-D",
             str(data),
             "-h",
-            settings.postgres_host,
+            host,
             "-p",
             str(settings.postgres_port),
             "-k",
             str(folder),
         ]
         # INT: PostgreSQL's fast shutdown (TERM would wait for Keycloak's pooled connections to close).
-        return ProgramSpec("postgres", as_owner(argv), stop_seconds=30, stop_signal="INT")
+        return ProgramSpec(name, as_owner(argv), stop_seconds=30, stop_signal="INT")
 
     def prepare() -> None:
         folder.mkdir(parents=True, exist_ok=True)
@@ -180,27 +181,27 @@ def _postgres(settings: Settings) -> Program:
             password.unlink()
 
     return Program(
-        "postgres",
+        name,
         command,
         ports={"PostgreSQL": settings.postgres_port},
-        probe=health.postgres_accepting,
+        probe=lambda settings: health.postgres_accepting(settings, host),
         requires=("consul",),
         deadline=60,
         prepare=prepare,
         when_healthy=(
-            partial(create_databases, settings),
-            partial(register, "postgres", settings.on(settings.postgres_host), service_id="postgres"),
+            partial(create_databases, settings, host, databases),
+            partial(register, "postgres", settings.on(host), service_id=name),
         ),
-        host=settings.postgres_host,
-        url=f"postgresql://{settings.postgres_host}:{settings.postgres_port} (databases {', '.join(DATABASES)})",
+        host=host,
+        url=f"postgresql://{host}:{settings.postgres_port} (database {', '.join(databases)})",
     )
 
 
-def create_databases(settings: Settings, agent: consul.Consul) -> None:
+def create_databases(settings: Settings, host: str, databases: tuple[str, ...], agent: consul.Consul) -> None:
     import psycopg
 
     with psycopg.connect(
-        host=settings.postgres_host,
+        host=host,
         port=settings.postgres_port,
         user="shopmesh",
         password=settings.postgres_password,
@@ -208,7 +209,7 @@ def create_databases(settings: Settings, agent: consul.Consul) -> None:
         autocommit=True,
     ) as connection:
         present = {row[0] for row in connection.execute("SELECT datname FROM pg_database")}
-        for database in DATABASES:
+        for database in databases:
             if database not in present:
                 connection.execute(f'CREATE DATABASE "{database}"')
 

@@ -119,13 +119,13 @@ def prometheus_ready(settings: Settings) -> str | None:
     return None if answer.status_code == 200 else f"Prometheus /-/ready answered HTTP {answer.status_code}"
 
 
-def postgres_accepting(settings: Settings) -> str | None:
-    """Healthy once PostgreSQL accepts a connection with the mesh's password."""
+def postgres_accepting(settings: Settings, host: str) -> str | None:
+    """Healthy once the PostgreSQL server on host accepts a connection with the mesh's password."""
     import psycopg  # the postgres extra: only the cluster topology needs it
 
     try:
         with psycopg.connect(
-            host=settings.postgres_host,
+            host=host,
             port=settings.postgres_port,
             user="shopmesh",
             password=settings.postgres_password,

@@ -40,6 +40,7 @@ class Program:
     when_healthy: tuple[Hook, ...] = ()
     url: str = ""
     host: str = ""  # where its ports are, when not on the settings' host (a node of the cluster)
+    stops_with: str = ""  # the engine whose nodes stop at once (bringup.down), in the cluster
 
 
 def programs(settings: Settings, installed: Installed) -> list[Program]:
@@ -129,6 +130,7 @@ def _dataflow(settings: Settings, name: str, process: int = 0) -> Program:
         requires=("consul", *kafka_programs(settings)),
         deadline=60,
         host=host,
+        stops_with=name,
         url=f"kafka topic {output} (watch with `shopmesh watch`)",
     )
 
@@ -163,7 +165,7 @@ def _service(settings: Settings, service: ServicePart, instance: int, port: int,
         # In the cluster every instance keeps its data in PostgreSQL.
         requires=(
             "consul",
-            *(("postgres",) if settings.clustered else ()),
+            *(("services-db",) if settings.clustered else ()),
             *(f"{other}-service" for other in service.depends_on),
         ),
         deadline=90,
@@ -333,6 +335,7 @@ def _kafka(settings: Settings, installed: Installed, node: int = 1) -> Program:
         when_healthy=(partial(register, "kafka", node_settings, service_id=name),)
         + ((partial(create_topics, settings),) if made_last else ()),
         host=host,
+        stops_with="kafka",
         url=f"kafka://{host}:{settings.kafka_port}",
     )
 
@@ -367,7 +370,7 @@ def _keycloak(settings: Settings, installed: Installed, node: int = 1) -> Progra
     if settings.clustered:
         argv += [
             "--cache=ispn",
-            f"--db-url=jdbc:postgresql://{settings.postgres_host}:{settings.postgres_port}/keycloak",
+            f"--db-url=jdbc:postgresql://{settings.keycloak_database_host}:{settings.postgres_port}/keycloak",
             "--db-username=shopmesh",
         ]
     else:
@@ -383,6 +386,10 @@ def _keycloak(settings: Settings, installed: Installed, node: int = 1) -> Progra
         if settings.clustered:
             # The nodes' cluster traffic (JGroups) on the node's own address.
             env["JAVA_OPTS_APPEND"] = f"-Djgroups.bind.address={host} -Djava.net.preferIPv4Stack=true"
+            # A pooled connection is checked before each use (Quarkus's datasource options, which Keycloak passes
+            # on): after the database restarts, the next sign-in gets a fresh connection instead of a dead one.
+            env["QUARKUS_DATASOURCE_JDBC_VALIDATION_QUERY_SQL"] = "SELECT 1"
+            env["QUARKUS_DATASOURCE_JDBC_VALIDATE_ON_BORROW"] = "true"
             secrets["KC_DB_PASSWORD"] = settings.postgres_password
         return ProgramSpec(name, argv, env, secrets=secrets)
 
@@ -400,7 +407,7 @@ def _keycloak(settings: Settings, installed: Installed, node: int = 1) -> Progra
 
     node_settings = settings.on(host).model_copy(update={"keycloak_host": host})
     # The first node imports the realm into the shared database before the others start.
-    requires = ("consul", "postgres") if settings.clustered else ("consul",)
+    requires = ("consul", "keycloak-db") if settings.clustered else ("consul",)
     return Program(
         name,
         command,
