@@ -52,8 +52,13 @@ down-cluster: $(STAMP)
 status-cluster: $(STAMP)
 	$(BIN)/shopmesh status --topology cluster
 
+# The suite on the single mesh, then the cluster topology's fault suite on a cluster of its own (tests/cluster).
 test: install lint
 	$(BIN)/pytest
+	$(BIN)/pytest --cluster tests/cluster
+
+test-cluster: install
+	$(BIN)/pytest --cluster tests/cluster
 
 # The fast tier: no component runs, nothing is installed beyond the Python packages.
 unit: $(STAMP)

@@ -87,6 +87,8 @@ class ErrorMapping(ServerInterceptor):
                 return await behaviour(request, context)
             except ServiceError as error:
                 code = error.code
+                if code == grpc.StatusCode.UNAVAILABLE:  # not the caller's doing: the operator wants the why
+                    log.warning("%s is unavailable: %s", details.method, error.message)
                 # The google.rpc.Status in the trailers is what Envoy's transcoder turns into a JSON error body.
                 status = status_pb2.Status(code=error.code.value[0], message=error.message)
                 await context.abort(

@@ -145,6 +145,9 @@ async def serve(service: Service, settings: Settings) -> None:
 
     log.info("stopping %s", service.consul_name)
     await registration.deregister()
+    # Still serving while the mesh hears that it left: its callers (the gateway through the control plane, other
+    # services through their Consul watches) stop choosing it before it stops taking calls.
+    await asyncio.sleep(settings.drain_seconds)
     await running.stop()
     log.info("stopped")
     for task in flushing:

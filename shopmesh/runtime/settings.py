@@ -107,6 +107,9 @@ class Settings(BaseSettings):
     outbox_warning_seconds: float = Field(
         10.0, gt=0, description="Billing's Consul check warns while an invoice event waits longer than this."
     )
+    drain_seconds: float = Field(
+        1.0, ge=0, description="A stopping service instance keeps serving this long after leaving Consul."
+    )
     consul_check_interval: str = "2s"
     consul_deregister_after: str = "30s"
 

@@ -161,13 +161,7 @@ def _stop_in_batches(settings: Settings, supervisor: Supervisor) -> None:
     all stop so: the last of three Kafka nodes would wait for a controller quorum that left with the others, and a
     Bytewax process waits for its peer. So the cluster is stopped in that order too, but each set of nodes of one
     engine (Program.stops_with) at once."""
-    batches: list[tuple[str, list[str]]] = []
-    for program in reversed(programs(settings, locations(settings))):
-        if batches and program.stops_with and batches[-1][0] == program.stops_with:
-            batches[-1][1].append(program.name)
-        else:
-            batches.append((program.stops_with, [program.name]))
-    for _, batch in batches:
+    for batch in stop_batches(programs(settings, locations(settings))):
         for name in batch:
             try:
                 supervisor.rpc.stopProcess(name, False)
@@ -176,3 +170,14 @@ def _stop_in_batches(settings: Settings, supervisor: Supervisor) -> None:
         for name in batch:
             while supervisor.state(name) in ("STOPPING", "RUNNING", "STARTING", "BACKOFF"):
                 time.sleep(0.2)
+
+
+def stop_batches(wanted: Sequence[Program]) -> list[list[str]]:
+    """The programs in reverse start order, those next to each other that stop with the same engine in one batch."""
+    batches: list[tuple[str, list[str]]] = []
+    for program in reversed(wanted):
+        if batches and program.stops_with and batches[-1][0] == program.stops_with:
+            batches[-1][1].append(program.name)
+        else:
+            batches.append((program.stops_with, [program.name]))
+    return [names for _, names in batches]

@@ -44,7 +44,8 @@ _PREVIOUS_HOSTS = {
 }
 #: A read is retried on another instance whatever went wrong with the first.
 READ_RETRIES = {
-    "retry_on": "unavailable,reset,connect-failure,refused-stream",
+    # cancelled: what an instance that is stopping answers a call it will not finish.
+    "retry_on": "unavailable,cancelled,reset,connect-failure,refused-stream",
     "num_retries": 3,
     "per_try_timeout": "3s",
     **_PREVIOUS_HOSTS,

@@ -33,7 +33,7 @@ def owner_only(tree: Path) -> None:
         return
     me = os.geteuid()
     paths = [path for path in [tree, *tree.rglob("*")] if not path.is_symlink()]
-    theirs = {path for path in paths if path.lstat().st_uid != me}
+    theirs = {path for path in paths if owner_of(path) != me}
     passages = {above for path in theirs for above in path.parents}
     for path in paths:
         if path in theirs or any(above in theirs for above in path.parents):
@@ -42,6 +42,10 @@ def owner_only(tree: Path) -> None:
         keep = 0o701 if path in passages else 0o700
         if mode & ~keep & 0o077:
             path.chmod(mode & keep)
+
+
+def owner_of(path: Path) -> int:
+    return path.lstat().st_uid
 
 
 @dataclass(frozen=True)

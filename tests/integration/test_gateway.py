@@ -236,6 +236,38 @@ def test_killing_one_of_two_instances_during_200_gets_fails_none(mesh, rest, tok
     )
 
 
+def test_stopping_an_instance_envoy_still_routes_to_fails_no_read(mesh, rest, tokens, instance):
+    """Scaling in while the control plane is away (restarting, or behind a Consul election): Envoy keeps sending
+    reads to an instance that is shutting down (SIGTERM) until it hears otherwise. A read the instance no longer
+    takes is retried on the other instance, whatever the instance answered."""
+    supervisor = Supervisor(mesh)
+    wait_for(
+        lambda: _envoy_hosts(mesh, "customer-service") >= {instance.port, mesh.service_ports["customer"]},
+        30,
+        "Envoy to hold both instances",
+    )
+    loop = GetLoop(mesh, _a_customer(rest), tokens, limit=300)
+    try:
+        with loop:
+            wait_for(lambda: len(loop.statuses) >= 50 and instance.served() > 0, 30, "traffic on both instances")
+            supervisor.rpc.stopProcess("mesh-control-plane", True)
+            instance.process.terminate()
+            instance.process.wait(timeout=30)
+            loop.wait_done(120)
+    finally:
+        supervisor.rpc.startProcess("mesh-control-plane", True)
+        wait_for(
+            lambda: health.service_instance(mesh, "mesh-control-plane", mesh.control_plane_port) is None,
+            60,
+            "the control plane healthy again",
+        )
+    assert len(loop.statuses) == 300
+    assert [status for status in loop.statuses if status != 200] == [], loop.failures
+    wait_for(
+        lambda: instance.port not in _envoy_hosts(mesh, "customer-service"), 30, "Envoy to drop the stopped instance"
+    )
+
+
 def test_requests_keep_working_while_the_control_plane_restarts(mesh, rest, tokens):
     supervisor = Supervisor(mesh)
     with GetLoop(mesh, _a_customer(rest), tokens) as loop:
