@@ -163,6 +163,25 @@ def usable_addresses(entries: list[dict], known: tuple[str, ...]) -> tuple[str, 
     return tuple(sorted(usable))
 
 
+def _why_left(entries: list[dict], before: tuple[str, ...], after: tuple[str, ...]) -> str:
+    """For the log: why the instances that left the set left it (Consul's word on each)."""
+    reasons = []
+    listed = {
+        f"{entry['Service']['Address'] or entry['Node']['Address']}:{entry['Service']['Port']}": entry
+        for entry in entries
+    }
+    for address in sorted(set(before) - set(after)):
+        entry = listed.get(address)
+        if entry is None:
+            reasons.append(f"{address} not listed")
+        else:
+            checks = [
+                f"{check.get('Status')} {check.get('Output', '').strip()[:80]!r}" for check in entry.get("Checks", [])
+            ]
+            reasons.append(f"{address}: {'; '.join(checks)}")
+    return f" (left: {', '.join(reasons)})" if reasons else ""
+
+
 #: How long an instance seen usable is still taken for known: a Consul agent that restarts may list an instance
 #: without its checks, or not at all, for a moment before it lists it critical with no output.
 RECENT_SECONDS = 10.0
@@ -184,6 +203,7 @@ class Endpoints:
         self._known = asyncio.Event()
         self._some = asyncio.Event()  # set while there is at least one address
         self._left: dict[str, float] = {}  # address -> when it left the usable set (monotonic)
+        self._unlisted_since: float | None = None  # since when Consul lists none of the set
         self._task: asyncio.Task | None = None
 
     def start(self) -> None:
@@ -217,10 +237,27 @@ class Endpoints:
         # answers on changes only: an instance in the set for an hour was last reported an hour ago.)
         self._left = {address: left for address, left in self._left.items() if now - left < RECENT_SECONDS}
         addresses = usable_addresses(entries, (*self.addresses, *self._left))
+        listed = {
+            f"{entry['Service']['Address'] or entry['Node']['Address']}:{entry['Service']['Port']}" for entry in entries
+        }
+        if not addresses and self.addresses and not listed & set(self.addresses):
+            # Consul lists none of the instances in the set, rather than listing them failing: a Consul agent that
+            # has just restarted does so for a moment while it syncs its services again. The set is kept for up to
+            # RECENT_SECONDS; a service whose every instance really left (or failed) empties it after that.
+            self._unlisted_since = self._unlisted_since if self._unlisted_since is not None else now
+            if now - self._unlisted_since < RECENT_SECONDS:
+                addresses = self.addresses
+        else:
+            self._unlisted_since = None
         self._left.update(dict.fromkeys(set(self.addresses) - set(addresses), now))
         changed = addresses != self.addresses or not self._known.is_set()
         if changed:
-            log.info("%s instances: %s", self.service, ", ".join(addresses) or "none")
+            log.info(
+                "%s instances: %s%s",
+                self.service,
+                ", ".join(addresses) or "none",
+                _why_left(entries, self.addresses, addresses),
+            )
         self.addresses = addresses
         self._known.set()
         (self._some.set if addresses else self._some.clear)()

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
 from collections import Counter
 
 import httpx
 from confluent_kafka.admin import AdminClient, ConfigResource
+from playwright.sync_api import expect
 
 from shopmesh.runtime.catalogue import SERVICES
 from shopmesh.tooling import realm
@@ -83,3 +85,38 @@ def test_both_keycloak_nodes_share_the_realm_on_postgresql_and_a_token_from_eith
         token = realm.token(node, "user1")["access_token"]
         answer = httpx.get(f"{mesh.gateway_url}/v1/products", headers={"authorization": f"Bearer {token}"}, timeout=10)
         assert answer.status_code == 200, (host, answer.text)
+
+
+def test_nothing_under_the_clusters_var_is_readable_by_group_or_others(mesh):
+    """As in the single mesh (test_security), with one difference: PostgreSQL's folders belong to the postgres user
+    when this is root, and the folders above them let others pass through to them, not list or read them."""
+    exposed = []
+    for path in [mesh.var_dir, *mesh.var_dir.rglob("*")]:
+        try:
+            mode = path.lstat().st_mode & 0o777
+        except FileNotFoundError:
+            continue  # gone while the walk ran (a log rotated, a Kafka segment deleted)
+        mine = path.lstat().st_uid == os.geteuid()
+        allowed = 0o001 if path.is_dir() and mine and path in _passages(mesh) else 0
+        if not path.is_symlink() and mode & 0o077 & ~allowed:
+            exposed.append(f"{mode:o} {path}")
+    assert exposed == []
+    assert any((mesh.var_dir / "keycloak-db").iterdir()), "Keycloak's database is under var/"
+
+
+def _passages(mesh) -> set:
+    databases = [mesh.var_dir / "keycloak-db", mesh.var_dir / "services-db"]
+    return {above for folder in databases for above in folder.parents}
+
+
+def test_the_consul_ui_shows_three_servers_a_leader_and_the_client_agent(mesh, browser):
+    page = browser.new_context(viewport={"width": 1280, "height": 900}).new_page()
+    page.goto(f"{mesh.consul_url}/ui/dc1/nodes")
+    for node in ("consul-1", "consul-2", "consul-3", "shopmesh"):
+        expect(page.get_by_text(node, exact=True).first).to_be_visible(timeout=30_000)
+    expect(page.get_by_text("Leader").first).to_be_visible()
+    folder = mesh.var_dir / "screenshots"
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    shot = folder / "consul-cluster-nodes.png"
+    page.screenshot(path=shot, full_page=True)
+    shot.chmod(0o600)

@@ -181,7 +181,7 @@ def test_a_taken_port_is_named_with_the_process_holding_it(mesh, tmp_path):
         env = _isolated_env(tmp_path, SHOPMESH_KEYCLOAK_PORT=str(port))
         attempt = shopmesh("up", env=env, timeout=300)
     assert attempt.returncode == 1
-    assert f"port {port} (Keycloak HTTP) is in use by pid {os.getpid()}" in attempt.stderr
+    assert f"port {port} on 127.0.0.1 (Keycloak HTTP) is in use by pid {os.getpid()}" in attempt.stderr
     assert not (tmp_path / "var" / "run" / "supervisor.sock").exists(), "something was started anyway"
 
 

@@ -84,3 +84,27 @@ def test_instances_in_the_set_for_long_stay_when_a_restarted_consul_first_lists_
     endpoints.update([_entry(1, ("passing", "ok")), _entry(2, ("passing", "ok"))], now=100.0)
     endpoints.update([_entry(1, ("critical", "")), _entry(2, ("critical", ""))], now=3700.0)
     assert endpoints.addresses == ("127.0.0.1:1", "127.0.0.1:2")
+
+
+def test_a_restarted_consul_that_lists_no_instance_for_a_moment_empties_no_set():
+    from shopmesh.runtime.discovery import RECENT_SECONDS
+
+    endpoints = _endpoints()
+    endpoints.update([_entry(1, ("passing", "ok")), _entry(2, ("passing", "ok"))], now=100.0)
+    # The agent, just restarted, lists one instance, then none, while it syncs its services again.
+    endpoints.update([_entry(2, ("critical", ""))], now=100.1)
+    endpoints.update([], now=100.2)
+    assert endpoints.addresses == ("127.0.0.1:2",)
+    endpoints.update([_entry(1, ("critical", "")), _entry(2, ("critical", ""))], now=100.4)
+    assert endpoints.addresses == ("127.0.0.1:1", "127.0.0.1:2")
+    # Listed by none for longer than that: the service's instances have left.
+    endpoints.update([], now=101.0)
+    endpoints.update([], now=101.0 + RECENT_SECONDS)
+    assert endpoints.addresses == ()
+
+
+def test_instances_listed_as_failing_empty_the_set_at_once():
+    endpoints = _endpoints()
+    endpoints.update([_entry(1, ("passing", "ok"))], now=100.0)
+    endpoints.update([_entry(1, ("critical", "connection refused"))], now=100.1)
+    assert endpoints.addresses == ()
