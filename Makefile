@@ -82,7 +82,8 @@ lock: $(STAMP)
 # The walkthrough's screenshots (docs/images/), taken by the browser test on the suite's own mesh.
 walkthrough-images: install
 	$(BIN)/pytest tests/integration/test_browser.py tests/integration/test_prometheus.py -k "browser or web_ui"
-	mkdir -p docs/images && cp var/test/screenshots/*.png docs/images/
+	$(BIN)/pytest --cluster tests/cluster/test_topology.py -k consul_ui
+	mkdir -p docs/images && cp var/test/screenshots/*.png var/test-cluster/screenshots/*.png docs/images/
 
 clean: down
 	rm -rf var

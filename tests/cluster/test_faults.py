@@ -96,7 +96,10 @@ def test_killing_the_consul_leader_loses_no_registration_and_fails_no_read(mesh,
         newcomer = subprocess.Popen(
             [sys.executable, "-m", part("customer").module],
             env=environment,
-            stdout=(mesh.log_dir / f"customer-service-{host}-{port}.log").open("w"),
+            # Its log beside the cluster's, its owner's only like the rest of var/.
+            stdout=os.fdopen(
+                os.open(mesh.log_dir / f"customer-service-{host}-{port}.log", os.O_WRONLY | os.O_CREAT, 0o600), "w"
+            ),
             stderr=subprocess.STDOUT,
         )
         try:
