@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -78,16 +79,22 @@ def wait_for(condition, seconds: float, what: str):
     return result
 
 
-@pytest.fixture(scope="session")
-def mesh() -> Settings:
+def running_mesh() -> Iterator[Settings]:
+    """Bring up the mesh the environment names, as `make up` does; stop it at the end unless it was running
+    already or SHOPMESH_TEST_KEEP_MESH=1."""
     settings = load()
     already_running = Supervisor(settings).running()
     started = shopmesh("up")
     if started.returncode != 0:
-        pytest.fail(f"shopmesh up failed:\n{started.stdout}\n{started.stderr}")
+        pytest.fail(f"shopmesh up ({settings.topology}) failed:\n{started.stdout}\n{started.stderr}")
     yield settings
     if not already_running and os.environ.get("SHOPMESH_TEST_KEEP_MESH") != "1":
         shopmesh("down")
+
+
+@pytest.fixture(scope="session")
+def mesh() -> Iterator[Settings]:
+    yield from running_mesh()
 
 
 @pytest.fixture(scope="session")

@@ -198,16 +198,7 @@ def _postgres(settings: Settings, name: str, host: str, databases: tuple[str, ..
 
 
 def create_databases(settings: Settings, host: str, databases: tuple[str, ...], agent: consul.Consul) -> None:
-    import psycopg
-
-    with psycopg.connect(
-        host=host,
-        port=settings.postgres_port,
-        user="shopmesh",
-        password=settings.postgres_password,
-        dbname="postgres",
-        autocommit=True,
-    ) as connection:
+    with health.postgres(settings, host, autocommit=True) as connection:
         present = {row[0] for row in connection.execute("SELECT datname FROM pg_database")}
         for database in databases:
             if database not in present:

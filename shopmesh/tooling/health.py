@@ -119,19 +119,26 @@ def prometheus_ready(settings: Settings) -> str | None:
     return None if answer.status_code == 200 else f"Prometheus /-/ready answered HTTP {answer.status_code}"
 
 
-def postgres_accepting(settings: Settings, host: str) -> str | None:
-    """Healthy once the PostgreSQL server on host accepts a connection with the mesh's password."""
+def postgres(settings: Settings, host: str, **options):
+    """A connection to the cluster's PostgreSQL server on host, as the mesh's role, to its maintenance database."""
     import psycopg  # the postgres extra: only the cluster topology needs it
 
+    return psycopg.connect(
+        host=host,
+        port=settings.postgres_port,
+        user="shopmesh",
+        password=settings.postgres_password,
+        dbname="postgres",
+        **options,
+    )
+
+
+def postgres_accepting(settings: Settings, host: str) -> str | None:
+    """Healthy once the PostgreSQL server on host accepts a connection with the mesh's password."""
+    import psycopg
+
     try:
-        with psycopg.connect(
-            host=host,
-            port=settings.postgres_port,
-            user="shopmesh",
-            password=settings.postgres_password,
-            dbname="postgres",
-            connect_timeout=2,
-        ):
+        with postgres(settings, host, connect_timeout=2):
             return None
     except psycopg.Error as error:
         return f"PostgreSQL not accepting connections: {str(error).strip()[:160]}"

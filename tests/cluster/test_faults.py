@@ -23,10 +23,10 @@ from shopmesh.tooling import health, realm
 from shopmesh.tooling.instances import free_port
 from shopmesh.tooling.programs import on_host
 from tests.cluster import totals
-from tests.cluster.conftest import BillLoop, connected_to, pid, restarted
+from tests.cluster.conftest import connected_to, pid, restarted
 from tests.conftest import wait_for
 from tests.kafka_topics import invoice_ids, read_topic
-from tests.load import GetLoop
+from tests.load import BillLoop, GetLoop
 
 PRODUCER = "facturation-producer"
 

@@ -10,7 +10,6 @@ import signal
 import sqlite3
 import threading
 import time
-import uuid
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
@@ -26,7 +25,7 @@ from shopmesh.tooling.supervise import Supervisor
 from tests.auth import Bearer, authorized_channel
 from tests.conftest import shopmesh, wait_for
 from tests.kafka_topics import invoice_ids, read_topic
-from tests.load import GetLoop
+from tests.load import GetLoop, Stock
 
 
 @pytest.fixture(scope="module")
@@ -36,35 +35,9 @@ def admin(mesh, tokens):
 
 
 @pytest.fixture
-def stock(admin):
+def stock(admin) -> Stock:
     """A fresh customer and a product with 1,000 units, and a way to tell stock taken from billed quantities."""
-    customer = admin.post(
-        "/v1/customers", json={"name": "Fault Tester", "email": f"{uuid.uuid4().hex[:12]}@example.com"}
-    ).json()
-    product = admin.post(
-        "/v1/products", json={"name": f"fault {uuid.uuid4().hex[:6]}", "price": "1.25", "quantity": 1000}
-    ).json()
-
-    class Stock:
-        def taken(self) -> int:
-            return 1000 - admin.get(f"/v1/products/{product['id']}").json()["quantity"]
-
-        def billed(self) -> int:
-            bills, token = [], ""
-            while True:
-                page = admin.get(
-                    "/v1/bills", params={"customerId": customer["id"], "pageSize": 1000, "pageToken": token}
-                ).json()
-                bills += page["bills"]
-                if not (token := page["nextPageToken"]):
-                    return sum(item["quantity"] for bill in bills for item in bill["items"])
-
-        def reconciled(self) -> bool:
-            return self.taken() == self.billed()
-
-    made = Stock()
-    made.customer, made.product = customer, product
-    return made
+    return Stock(admin, 1000, "Fault Tester")
 
 
 def _pid(mesh, program: str) -> int:
