@@ -209,7 +209,18 @@ def test_the_bootstrap_rendered_for_containers_is_valid_for_the_real_envoy(compo
     settings = _settings_of(compose["services"]["envoy-bootstrap"])
     bootstrap = gateway.write_bootstrap(settings, tmp_path)
     text = bootstrap.read_text()
-    assert "address: keycloak, port_value: 8180" in text and "address: control-plane, port_value: 18000" in text
+    clusters = {cluster["name"]: cluster for cluster in yaml.safe_load(text)["static_resources"]["clusters"]}
+
+    def endpoints(cluster: str) -> list[tuple[str, int]]:
+        sockets = [
+            found["endpoint"]["address"]["socket_address"]
+            for group in clusters[cluster]["load_assignment"]["endpoints"]
+            for found in group["lb_endpoints"]
+        ]
+        return [(socket["address"], socket["port_value"]) for socket in sockets]
+
+    assert endpoints("keycloak") == [("keycloak", 8180)]
+    assert endpoints("mesh-control-plane") == [("control-plane", 18000)]
     assert "address: 127.0.0.1, port_value: 9901" in text  # the admin interface stays on loopback
     envoy = install.ensure(install.COMPONENTS["envoy"], settings.cache_dir) / "bin" / "envoy"
     checked = subprocess.run(
