@@ -179,7 +179,7 @@ def _why_left(entries: list[dict], before: tuple[str, ...], after: tuple[str, ..
                 f"{check.get('Status')} {check.get('Output', '').strip()[:80]!r}" for check in entry.get("Checks", [])
             ]
             reasons.append(f"{address}: {'; '.join(checks)}")
-    return f" (left: {', '.join(reasons)})" if reasons else ""
+    return ", ".join(reasons)
 
 
 #: How long an instance seen usable is still taken for known: a Consul agent that restarts may list an instance
@@ -252,12 +252,9 @@ class Endpoints:
         self._left.update(dict.fromkeys(set(self.addresses) - set(addresses), now))
         changed = addresses != self.addresses or not self._known.is_set()
         if changed:
-            log.info(
-                "%s instances: %s%s",
-                self.service,
-                ", ".join(addresses) or "none",
-                _why_left(entries, self.addresses, addresses),
-            )
+            log.info("%s instances: %s", self.service, ", ".join(addresses) or "none")
+            if left := _why_left(entries, self.addresses, addresses):
+                log.info("%s instances left: %s", self.service, left)
         self.addresses = addresses
         self._known.set()
         (self._some.set if addresses else self._some.clear)()
