@@ -1,7 +1,7 @@
 """The cluster topology's own real cluster for its fault suite (`pytest --cluster tests/cluster`, run by `make test`):
 three Consul servers and a client agent, three Kafka nodes, PostgreSQL, two Keycloak nodes and two of everything
 else on 127.0.0.2-4, with its state under var/test-cluster/ and ports of its own (the single mesh's suite's moved
-by 10000), so that it touches neither a person's mesh or cluster nor the single mesh's suite."""
+down by 8000), so that it touches neither a person's mesh or cluster nor the single mesh's suite."""
 
 from __future__ import annotations
 
@@ -16,12 +16,14 @@ from shopmesh.tooling.supervise import Supervisor
 from tests.conftest import TEST_MESH, running_mesh, wait_for
 from tests.load import Stock
 
+#: The single mesh suite's ports moved down by 8000 (20000-21901): clear of the contract's, of the single mesh
+#: suite's, and of Linux's ephemeral ports (32768 and up), which a client's connection may hold at any moment.
 TEST_CLUSTER = {
-    **{key: str(int(value) + 10000) for key, value in TEST_MESH.items() if key.endswith("_PORT") or "PORTS__" in key},
+    **{key: str(int(value) - 8000) for key, value in TEST_MESH.items() if key.endswith("_PORT") or "PORTS__" in key},
     "SHOPMESH_TOPOLOGY": "cluster",
     "SHOPMESH_VAR_DIR": str(PROJECT_ROOT / "var" / "test-cluster"),
-    "SHOPMESH_POSTGRES_PORT": "35432",
-    "SHOPMESH_DATAFLOW_CLUSTER_PORT": "37100",
+    "SHOPMESH_POSTGRES_PORT": "25432",
+    "SHOPMESH_DATAFLOW_CLUSTER_PORT": "27100",
 }
 os.environ.update(TEST_CLUSTER)
 
