@@ -146,6 +146,11 @@ class Registration:
             await client.close()
 
 
+def _address(entry: dict) -> str:
+    """host:port of one of Consul's health entries."""
+    return f"{entry['Service']['Address'] or entry['Node']['Address']}:{entry['Service']['Port']}"
+
+
 def usable_addresses(entries: list[dict], known: tuple[str, ...]) -> tuple[str, ...]:
     """The addresses of the instances that take traffic, from Consul's health entries of a service.
 
@@ -155,7 +160,7 @@ def usable_addresses(entries: list[dict], known: tuple[str, ...]) -> tuple[str, 
     the state it had, so a restart of Consul does not empty the set for the seconds its checks take."""
     usable = []
     for entry in entries:
-        address = f"{entry['Service']['Address'] or entry['Node']['Address']}:{entry['Service']['Port']}"
+        address = _address(entry)
         critical = [check for check in entry.get("Checks", []) if check.get("Status") == "critical"]
         not_yet_run = all(not check.get("Output") for check in critical)
         if not critical or (not_yet_run and address in known):
@@ -166,10 +171,7 @@ def usable_addresses(entries: list[dict], known: tuple[str, ...]) -> tuple[str, 
 def _why_left(entries: list[dict], before: tuple[str, ...], after: tuple[str, ...]) -> str:
     """For the log: why the instances that left the set left it (Consul's word on each)."""
     reasons = []
-    listed = {
-        f"{entry['Service']['Address'] or entry['Node']['Address']}:{entry['Service']['Port']}": entry
-        for entry in entries
-    }
+    listed = {_address(entry): entry for entry in entries}
     for address in sorted(set(before) - set(after)):
         entry = listed.get(address)
         if entry is None:
@@ -237,9 +239,7 @@ class Endpoints:
         # answers on changes only: an instance in the set for an hour was last reported an hour ago.)
         self._left = {address: left for address, left in self._left.items() if now - left < RECENT_SECONDS}
         addresses = usable_addresses(entries, (*self.addresses, *self._left))
-        listed = {
-            f"{entry['Service']['Address'] or entry['Node']['Address']}:{entry['Service']['Port']}" for entry in entries
-        }
+        listed = {_address(entry) for entry in entries}
         if not addresses and self.addresses and not listed & set(self.addresses):
             # Consul lists none of the instances in the set, rather than listing them failing: a Consul agent that
             # has just restarted does so for a moment while it syncs its services again. The set is kept for up to
